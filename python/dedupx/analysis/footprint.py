@@ -1,0 +1,2 @@
+def footprint(*a):
+    raise NotImplementedError

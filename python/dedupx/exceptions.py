@@ -1,0 +1,68 @@
+"""The errors dedupx raises. Each one carries a message a person can act on.
+
+The Rust core raises these same classes (it imports them from here), so ``except
+dedupx.DedupxError`` catches every expected failure and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class DedupxError(Exception):
+    """Base class of every expected dedupx failure."""
+
+    exit_code = 1
+
+
+class PermissionDenied(DedupxError, PermissionError):
+    """A kernel interface needs root (or CAP_SYS_ADMIN)."""
+
+    exit_code = 3
+
+
+class PfnHidden(PermissionDenied):
+    """pagemap shows zeroed PFNs: the reader lacks CAP_SYS_ADMIN."""
+
+
+class ProcessNotFound(DedupxError, ValueError):
+    """No process has the given PID."""
+
+    exit_code = 4
+
+
+class ProcessGone(DedupxError):
+    """The target exited (or lost its address space) while it was being scanned."""
+
+    exit_code = 5
+
+
+class KernelUnsupported(DedupxError):
+    """The running kernel lacks an interface dedupx needs (e.g. /proc/kpageflags)."""
+
+    exit_code = 6
+
+
+class ProcParseError(DedupxError, ValueError):
+    """A /proc file did not read as the kernel documents it."""
+
+
+class DedupxIOError(DedupxError, OSError):
+    """Reading or writing a file failed for a reason the other classes do not cover."""
+
+
+class OutputError(DedupxError):
+    """Results could not be written (full disk, unwritable directory, ...)."""
+
+    exit_code = 7
+
+
+__all__ = [
+    "DedupxError",
+    "DedupxIOError",
+    "KernelUnsupported",
+    "OutputError",
+    "PermissionDenied",
+    "PfnHidden",
+    "ProcParseError",
+    "ProcessGone",
+    "ProcessNotFound",
+]

@@ -1,0 +1,82 @@
+"""Scanning one live process into polars frames."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from dedupx import _dedupx
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ProcessScan:
+    """What one scan saw of one process.
+
+    ``pages`` has one row per mapped virtual page that is present or swapped; ``vmas`` one
+    row per mapping (see DESIGN.md for the column contract). ``stats`` counts what was
+    read: present pages, distinct PFNs, PFNs hashed, PFNs that could not be read.
+    """
+
+    pid: int
+    comm: str
+    cmdline: list[str]
+    ppid: int
+    vmas: pl.DataFrame
+    pages: pl.DataFrame
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> pl.DataFrame:
+        """One row per distinct physical page this process maps."""
+        return frames_of(self.pages)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcessScan(pid={self.pid}, comm={self.comm!r}, vmas={self.vmas.height}, "
+            f"pages={self.pages.height})"
+        )
+
+
+def frames_of(pages: pl.DataFrame) -> pl.DataFrame:
+    """Distinct PFNs of a pages frame with their flags, mapcount, hash and zero flag."""
+    return (
+        pages.filter(pl.col("present"))
+        .group_by("pfn")
+        .agg(pl.col("hash", "kpageflags", "mapcount", "zero").first())
+        .sort("pfn")
+    )
+
+
+def scan(
+    pid: int,
+    *,
+    threads: int = 0,
+    hash: bool = True,
+    progress: ProgressCallback | None = None,
+    proc_root: str = "/proc",
+) -> ProcessScan:
+    """Scan process ``pid``: its mappings, every present or swapped page, and a BLAKE3 hash
+    of every distinct physical page it maps (unless ``hash=False``).
+
+    Needs root. Raises ``ProcessNotFound``, ``ProcessGone``, ``PermissionDenied``,
+    ``PfnHidden`` or ``KernelUnsupported`` (all ``DedupxError``). ``progress(stage, done,
+    total)`` is called from time to time; Ctrl-C stops the scan with KeyboardInterrupt.
+    """
+    raw: dict[str, Any] = _dedupx.scan_process_frames(
+        pid, threads=threads, hash=hash, proc_root=proc_root, progress=progress
+    )
+    info = raw["info"]
+    return ProcessScan(
+        pid=info["pid"],
+        comm=info["comm"],
+        cmdline=list(info["cmdline"]),
+        ppid=info["ppid"],
+        vmas=pl.DataFrame(raw["vmas"]),
+        pages=pl.DataFrame(raw["pages"]),
+        stats=dict(raw["stats"]),
+    )

@@ -1,0 +1,164 @@
+//! `/proc/kpageflags` and `/proc/kpagecount`: one u64 per physical page, read in coalesced runs.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Result, ScanError};
+
+// Bit numbers from include/uapi/linux/kernel-page-flags.h.
+pub const KPF_REFERENCED: u32 = 2;
+pub const KPF_LRU: u32 = 5;
+pub const KPF_ACTIVE: u32 = 6;
+pub const KPF_MMAP: u32 = 11;
+pub const KPF_ANON: u32 = 12;
+pub const KPF_SWAPBACKED: u32 = 14;
+pub const KPF_COMPOUND_HEAD: u32 = 15;
+pub const KPF_COMPOUND_TAIL: u32 = 16;
+pub const KPF_HUGE: u32 = 17;
+pub const KPF_NOPAGE: u32 = 20;
+pub const KPF_KSM: u32 = 21;
+pub const KPF_THP: u32 = 22;
+pub const KPF_ZERO_PAGE: u32 = 24;
+
+#[inline]
+pub fn has(flags: u64, bit: u32) -> bool {
+    flags & (1u64 << bit) != 0
+}
+
+/// Two PFNs closer than this are read in one run: reading a few unneeded entries is far
+/// cheaper than another pread.
+const COALESCE_GAP: u64 = 64;
+/// Upper bound for one run so that the work spreads over threads and buffers stay small.
+const MAX_RUN: u64 = 32 * 1024;
+
+/// Per-PFN metadata, in the order of the PFNs asked for.
+pub struct PageMeta {
+    pub flags: Vec<u64>,
+    pub count: Vec<u64>,
+}
+
+pub struct KpageFiles {
+    flags: File,
+    count: File,
+    flags_path: PathBuf,
+    count_path: PathBuf,
+}
+
+impl KpageFiles {
+    pub fn open(proc_root: &Path) -> Result<Self> {
+        let flags_path = proc_root.join("kpageflags");
+        let count_path = proc_root.join("kpagecount");
+        let flags =
+            File::open(&flags_path).map_err(|e| ScanError::from_kernel_io(flags_path.clone(), e))?;
+        let count =
+            File::open(&count_path).map_err(|e| ScanError::from_kernel_io(count_path.clone(), e))?;
+        Ok(Self {
+            flags,
+            count,
+            flags_path,
+            count_path,
+        })
+    }
+
+    /// Reads flags and counts for `pfns`, which must be sorted and distinct.
+    pub fn read(&self, pfns: &[u64]) -> Result<PageMeta> {
+        debug_assert!(pfns.windows(2).all(|w| w[0] < w[1]));
+        let runs = coalesce(pfns);
+        let parts: Vec<(Vec<u64>, Vec<u64>)> = runs
+            .par_iter()
+            .map(|run| {
+                let slice = &pfns[run.first_idx..run.end_idx];
+                let flags = read_run(&self.flags, &self.flags_path, run.start, run.len, slice)?;
+                let count = read_run(&self.count, &self.count_path, run.start, run.len, slice)?;
+                Ok((flags, count))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = PageMeta {
+            flags: Vec::with_capacity(pfns.len()),
+            count: Vec::with_capacity(pfns.len()),
+        };
+        for (f, c) in parts {
+            meta.flags.extend(f);
+            meta.count.extend(c);
+        }
+        Ok(meta)
+    }
+}
+
+struct Run {
+    start: u64,
+    len: u64,
+    first_idx: usize,
+    end_idx: usize,
+}
+
+fn coalesce(pfns: &[u64]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (i, &pfn) in pfns.iter().enumerate() {
+        if let Some(run) = runs.last_mut() {
+            let end = run.start + run.len;
+            if pfn < end + COALESCE_GAP && pfn + 1 - run.start <= MAX_RUN {
+                run.len = pfn + 1 - run.start;
+                run.end_idx = i + 1;
+                continue;
+            }
+        }
+        runs.push(Run {
+            start: pfn,
+            len: 1,
+            first_idx: i,
+            end_idx: i + 1,
+        });
+    }
+    runs
+}
+
+fn read_run(file: &File, path: &Path, start: u64, len: u64, wanted: &[u64]) -> Result<Vec<u64>> {
+    let mut buf = vec![0u8; len as usize * 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file
+            .read_at(&mut buf[filled..], start * 8 + filled as u64)
+            .map_err(|e| ScanError::from_kernel_io(path.to_path_buf(), e))?;
+        if n == 0 {
+            break; // past the end of physical memory: the rest stays 0
+        }
+        filled += n;
+    }
+    Ok(wanted
+        .iter()
+        .map(|&pfn| {
+            let off = ((pfn - start) * 8) as usize;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&buf[off..off + 8]);
+            u64::from_ne_bytes(word)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_close_pfns_and_splits_far_ones() {
+        let pfns = [10, 11, 20, 10_000, 10_001];
+        let runs = coalesce(&pfns);
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].start, runs[0].len), (10, 11));
+        assert_eq!((runs[0].first_idx, runs[0].end_idx), (0, 3));
+        assert_eq!((runs[1].start, runs[1].len), (10_000, 2));
+        assert_eq!((runs[1].first_idx, runs[1].end_idx), (3, 5));
+    }
+
+    #[test]
+    fn runs_never_exceed_the_cap() {
+        let pfns: Vec<u64> = (0..MAX_RUN * 3).collect();
+        let runs = coalesce(&pfns);
+        assert_eq!(runs.len(), 3);
+        assert!(runs.iter().all(|r| r.len == MAX_RUN));
+    }
+}

@@ -1,0 +1,18 @@
+//! dedupx core: reads what Linux says about a process's memory and hashes its pages.
+//!
+//! No Python here: the binding crate converts these types, nothing more.
+
+pub mod error;
+pub mod kpageflags;
+pub mod maps;
+pub mod page_hash;
+pub mod pagemap;
+pub mod proc_info;
+pub mod process_memory;
+pub mod process_scan;
+
+pub use error::{Result, ScanError};
+pub use process_scan::{scan_process, PageTable, ProcessScan, ScanOptions, ScanStats};
+
+/// dedupx works on base pages; huge pages are handled as their 4 KiB subpages.
+pub const PAGE_SIZE: usize = 4096;

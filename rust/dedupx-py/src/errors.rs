@@ -1,0 +1,28 @@
+//! Core errors become the Python `DedupxError` hierarchy, declared once in
+//! `dedupx/exceptions.py` so that classes can also subclass ValueError or PermissionError.
+
+use dedupx_core::ScanError;
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::PyErr;
+
+pyo3::import_exception!(dedupx.exceptions, ProcessNotFound);
+pyo3::import_exception!(dedupx.exceptions, ProcessGone);
+pyo3::import_exception!(dedupx.exceptions, PermissionDenied);
+pyo3::import_exception!(dedupx.exceptions, PfnHidden);
+pyo3::import_exception!(dedupx.exceptions, KernelUnsupported);
+pyo3::import_exception!(dedupx.exceptions, ProcParseError);
+pyo3::import_exception!(dedupx.exceptions, DedupxIOError);
+
+pub fn to_py(err: ScanError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        ScanError::NoSuchProcess { .. } => ProcessNotFound::new_err(msg),
+        ScanError::ProcessGone { .. } => ProcessGone::new_err(msg),
+        ScanError::PermissionDenied { .. } => PermissionDenied::new_err(msg),
+        ScanError::PfnHidden { .. } => PfnHidden::new_err(msg),
+        ScanError::NoKpageflags { .. } => KernelUnsupported::new_err(msg),
+        ScanError::Parse { .. } => ProcParseError::new_err(msg),
+        ScanError::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        ScanError::Io { .. } => DedupxIOError::new_err(msg),
+    }
+}
