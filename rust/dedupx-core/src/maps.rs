@@ -62,10 +62,14 @@ impl Vma {
         self.has_flag("mg")
     }
 
-    /// Whether `process_vm_readv` can copy its pages: it honours protections (no FOLL_FORCE),
-    /// and the kernel's special mappings are not ordinary memory.
+    /// Whether its pages can be copied: `process_vm_readv` honours protections, and the
+    /// `/proc/PID/mem` fallback (FOLL_FORCE) reads what the owner may make readable ("mr");
+    /// I/O and PFN mappings ([vvar] and device memory) are not ordinary pages.
     pub fn readable(&self) -> bool {
-        self.perms.starts_with('r') && self.kind != VmaKind::Special && !self.has_flag("io")
+        let special = self.kind == VmaKind::Special && self.path != "[vdso]";
+        (self.perms.starts_with('r') || self.has_flag("mr"))
+            && !special
+            && !self.has_flag("io")
             && !self.has_flag("pf")
     }
 }
@@ -196,7 +200,7 @@ mod tests {
         assert_eq!(vmas[3].kind, VmaKind::Shmem);
         assert_eq!(vmas[4].kind, VmaKind::Stack);
         assert_eq!(vmas[5].kind, VmaKind::Special);
-        assert!(!vmas[5].readable());
+        assert!(!vmas[5].readable(), "vsyscall is not memory we copy");
         assert!(vmas[4].readable());
     }
 

@@ -53,6 +53,10 @@ impl Pagemap {
         Ok(Self { file, path, pid })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Calls `visit(vaddr, entry)` for every present or swapped page in `[start, end)`.
     pub fn for_each_mapped(
         &self,

@@ -1,17 +1,26 @@
-//! Copies pages out of another process with `process_vm_readv`.
+//! Copies pages out of another process with `process_vm_readv`, falling back to
+//! `/proc/PID/mem` (which may read PROT_NONE pages) for pages the fast path cannot copy.
 //!
 //! Only pages the pagemap showed present are asked for, so the copy does not fault pages
 //! in; a page unmapped or reclaimed in between makes the read fail or is caught by the
 //! pagemap check that follows it, and the page is recorded as not read.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 
 use crate::error::{Result, ScanError};
 use crate::PAGE_SIZE;
 
 /// Reads the pages at `vaddrs` (sorted, page-aligned) into `buf` (`vaddrs.len()` pages) and
 /// returns for each page whether it was read. Consecutive pages go in one iovec.
-pub fn read_pages(pid: u32, vaddrs: &[u64], buf: &mut [u8], ok: &mut Vec<bool>) -> Result<()> {
+pub fn read_pages(
+    pid: u32,
+    mem: Option<&File>,
+    vaddrs: &[u64],
+    buf: &mut [u8],
+    ok: &mut Vec<bool>,
+) -> Result<()> {
     debug_assert_eq!(buf.len(), vaddrs.len() * PAGE_SIZE);
     ok.clear();
     ok.resize(vaddrs.len(), false);
@@ -22,14 +31,18 @@ pub fn read_pages(pid: u32, vaddrs: &[u64], buf: &mut [u8], ok: &mut Vec<bool>) 
                 let pages = bytes / PAGE_SIZE;
                 ok[i..i + pages].iter_mut().for_each(|o| *o = true);
                 i += pages;
-                // The page where the copy stopped could not be read: skip it, go on after it.
+                // The page where the copy stopped could not be read: try the fallback.
                 if i < vaddrs.len() {
+                    ok[i] = read_forced(mem, vaddrs[i], &mut buf[i * PAGE_SIZE..][..PAGE_SIZE]);
                     i += 1;
                 }
             }
             Err(e) => match e.raw_os_error() {
                 Some(libc::ESRCH) => return Err(ScanError::ProcessGone { pid }),
-                Some(libc::EFAULT) => i += 1,
+                Some(libc::EFAULT) => {
+                    ok[i] = read_forced(mem, vaddrs[i], &mut buf[i * PAGE_SIZE..][..PAGE_SIZE]);
+                    i += 1;
+                }
                 _ => {
                     return Err(ScanError::Io {
                         path: format!("process_vm_readv(pid {pid})").into(),
@@ -40,6 +53,10 @@ pub fn read_pages(pid: u32, vaddrs: &[u64], buf: &mut [u8], ok: &mut Vec<bool>) 
         }
     }
     Ok(())
+}
+
+fn read_forced(mem: Option<&File>, vaddr: u64, page: &mut [u8]) -> bool {
+    mem.is_some_and(|f| matches!(f.read_at(page, vaddr), Ok(n) if n == PAGE_SIZE))
 }
 
 fn readv(pid: u32, vaddrs: &[u64], buf: &mut [u8]) -> io::Result<usize> {
@@ -103,7 +120,7 @@ mod tests {
         let vaddrs = [4096, base];
         let mut buf = vec![0u8; PAGE_SIZE * 2];
         let mut ok = Vec::new();
-        read_pages(pid, &vaddrs, &mut buf, &mut ok).expect("read");
+        read_pages(pid, None, &vaddrs, &mut buf, &mut ok).expect("read");
         assert_eq!(ok, vec![false, true]);
         assert!(buf[PAGE_SIZE..].iter().all(|&b| b == 7));
     }

@@ -3,7 +3,7 @@
 //! Flags are read before contents because copying a page can set its REFERENCED bit.
 //! Each distinct PFN is read and hashed once, through the first virtual page that maps it.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -267,6 +267,8 @@ fn hash_contents(
     work.sort_unstable();
     let windows = windows(&work, &mapped.vaddr);
     let total = work.len() as u64;
+    // Without it, pages under PROT_NONE stay unread; that is all it is needed for.
+    let mem = File::open(pagemap.path().with_file_name("mem")).ok();
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     check("hash", 0, total)?;
@@ -278,7 +280,7 @@ fn hash_contents(
                 return Err(ScanError::Interrupted);
             }
             let idx = &work[w.clone()];
-            let out = bufs.hash_window(pid, pagemap, mapped, idx, uniq)?;
+            let out = bufs.hash_window(pid, mem.as_ref(), pagemap, mapped, idx, uniq)?;
             let d = done.fetch_add(idx.len() as u64, Ordering::Relaxed) + idx.len() as u64;
             if let Err(e) = check("hash", d, total) {
                 stop.store(true, Ordering::Relaxed);
@@ -340,6 +342,7 @@ impl WindowBuffers {
     fn hash_window(
         &mut self,
         pid: u32,
+        mem: Option<&File>,
         pagemap: &Pagemap,
         mapped: &Mapped,
         idx: &[u32],
@@ -348,7 +351,7 @@ impl WindowBuffers {
         self.vaddrs.clear();
         self.vaddrs.extend(idx.iter().map(|&i| mapped.vaddr[i as usize]));
         self.data.resize(idx.len() * PAGE_SIZE, 0);
-        read_pages(pid, &self.vaddrs, &mut self.data, &mut self.ok)?;
+        read_pages(pid, mem, &self.vaddrs, &mut self.data, &mut self.ok)?;
         // The mapping may have changed between pagemap and copy: keep only pages whose
         // PFN is still the one we looked up the flags for.
         let first = self.vaddrs[0];

@@ -1,0 +1,3 @@
+from dedupx.cli import main
+
+main()

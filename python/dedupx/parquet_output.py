@@ -1,0 +1,56 @@
+"""Writing frames as Parquet into a directory that appears whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dedupx.exceptions import OutputError
+
+
+def write_frames(target: str | os.PathLike[str], frames: dict[str, pl.DataFrame],
+                 manifest: dict[str, Any]) -> Path:
+    """Writes ``NAME.parquet`` per frame and ``manifest.json`` into ``target``.
+
+    Everything goes into a hidden temporary sibling first, which is renamed into place
+    only when complete: a full disk or a kill leaves no directory that looks finished.
+    Files are 0600 because they hold hashes of memory and command lines.
+    """
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputError(f"{target} exists and is not an empty directory: choose a new path")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot create {target}: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o700)
+        for name, frame in frames.items():
+            path = tmp / f"{name}.parquet"
+            frame.write_parquet(path)
+            os.chmod(path, 0o600)
+        mpath = tmp / "manifest.json"
+        with open(mpath, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(mpath, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            target.rmdir()  # an empty directory the user made for us
+        os.rename(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,94 @@
+"""The human-readable report of a process scan (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MIB = 1024 * 1024
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / MIB:,.1f}"
+
+
+def _pages(n: int, page_size: int) -> tuple[str, str]:
+    return f"{n:,}", _mib(n * page_size)
+
+
+def render_process_report(r: dict[str, Any], console: Console) -> None:
+    ps = r["page_size"]
+    cmd = " ".join(r["cmdline"])[:100] or r["comm"]
+    console.print(f"[bold]PID {r['pid']}[/bold] ({r['comm']}): {cmd}")
+
+    fp = r["footprint"]
+    t = Table(title="Footprint (MiB)", title_justify="left")
+    t.add_column("class")
+    for col in ("RSS", "PSS", "USS"):
+        t.add_column(col, justify="right")
+    t.add_row("all", _mib(r["rss_bytes"]), _mib(r["pss_bytes"]), _mib(r["uss_bytes"]),
+              style="bold")
+    for cls in ("anon", "file", "shmem"):
+        t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
+    t.add_row("swap", _mib(r["swap_bytes"]), "", "")
+    console.print(t)
+
+    t = Table(title="Mapped pages by class", title_justify="left")
+    t.add_column("class")
+    t.add_column("pages", justify="right")
+    t.add_column("MiB", justify="right")
+    labels = {
+        "anon": "private anon",
+        "file": "file (page cache)",
+        "shmem": "shmem / tmpfs",
+        "zero_page": "kernel zero page",
+        "zero_content": "zero-filled (not the zero page)",
+        "ksm": "KSM-merged",
+        "thp": "in transparent huge pages",
+        "swapped": "swapped out",
+    }
+    for key, label in labels.items():
+        t.add_row(label, *_pages(r["page_classes"][key], ps))
+    console.print(t)
+
+    d = r["duplicates"]
+    t = Table(title="Duplicate contents: what perfect merging would save", title_justify="left")
+    t.add_column("kind")
+    t.add_column("pages", justify="right")
+    t.add_column("MiB", justify="right")
+    for key, label in (("anon_anon", "anon/anon"), ("file_file", "file/file"),
+                       ("anon_file", "anon/file"), ("total", "total")):
+        t.add_row(label, *_pages(d[key], ps), style="bold" if key == "total" else None)
+    t.add_row("  of which zero-filled", *_pages(d["zero_content"], ps))
+    console.print(t)
+
+    t = Table(title="KSM", title_justify="left")
+    t.add_column("")
+    t.add_column("pages", justify="right")
+    t.add_column("MiB", justify="right")
+    t.add_row("reachable (anon in MADV_MERGEABLE)", *_pages(d["ksm_reachable"], ps))
+    t.add_row("  held in THPs (KSM splits them first)", *_pages(d["ksm_reachable_thp"], ps))
+    t.add_row("missed: file-backed", *_pages(d["ksm_missed_file"], ps))
+    t.add_row("missed: not mergeable", *_pages(d["ksm_missed_not_mergeable"], ps))
+    console.print(t)
+
+    if r["top_duplicates"]:
+        t = Table(title="Top duplicated contents", title_justify="left")
+        for col, just in (("hash", "left"), ("copies", "right"), ("anon", "right"),
+                          ("file", "right"), ("saves", "right"), ("where", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for g in r["top_duplicates"]:
+            where = ", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else "")
+            label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
+            t.add_row(label, str(g["frames"]), str(g["anon"]), str(g["file"]),
+                      f"{g['total']:,}", where)
+        console.print(t)
+
+    c = r["coverage"]
+    console.print(
+        f"Coverage: {c['hashed_pfns']:,} of {c['distinct_pfns']:,} distinct present frames "
+        f"hashed ({c['hashed_share']:.1%}) via {c['source']}; "
+        f"{c['unreadable_pfns']:,} unreadable, {c['vanished_pfns']:,} changed during the scan."
+    )
