@@ -55,8 +55,9 @@ class LayoutProcess:
         return out
 
 
-def start_layout(binary: Path, workdir: Path, spec: dict[str, list[bytes]],
-                 zeroread: int = 0) -> LayoutProcess:
+def start_layout(
+    binary: Path, workdir: Path, spec: dict[str, list[bytes]], zeroread: int = 0
+) -> LayoutProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     for name, pages in spec.items():
         (workdir / name).write_bytes(b"".join(pages))

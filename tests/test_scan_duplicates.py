@@ -6,10 +6,11 @@ from collections import defaultdict
 
 import blake3
 import polars as pl
-from conftest import PAGE, LayoutProcess
 
 import dedupx
 from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
+
+from conftest import PAGE, LayoutProcess
 
 
 def expected_savings(spec: dict[str, list[bytes]]) -> dict[str, int]:
@@ -91,8 +92,11 @@ def test_hashes_equal_blake3_and_classes_are_right(layout: LayoutProcess) -> Non
     start, n = layout.regions["zeroread"]
     zero = pages.filter(pl.col("vaddr").is_between(start, start + n * PAGE, closed="left"))
     assert zero.height == n
-    assert zero["kpageflags"].map_elements(lambda f: bool(f & (1 << KPF_ZERO_PAGE)),
-                                           return_dtype=pl.Boolean).all()
+    assert (
+        zero["kpageflags"]
+        .map_elements(lambda f: bool(f & (1 << KPF_ZERO_PAGE)), return_dtype=pl.Boolean)
+        .all()
+    )
     assert zero["zero"].all()
     assert zero["pfn"].n_unique() == 1
 

@@ -91,8 +91,21 @@ def main() -> None:
 @click.option("--top", default=10, show_default=True, help="How many duplicated contents to list.")
 @click.option("--threads", default=0, help="Worker threads (default: one per core).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--proc-root",
+    default="/proc",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the host's procfs is mounted (e.g. /host/proc inside a container).",
+)
 def scan_cmd(
-    pid: int, as_json: bool, parquet_dir: str | None, top: int, threads: int, quiet: bool
+    pid: int,
+    as_json: bool,
+    parquet_dir: str | None,
+    top: int,
+    threads: int,
+    quiet: bool,
+    proc_root: str,
 ) -> None:
     """Scan one process: footprint (RSS/PSS/USS), page classes, duplicate contents by kind
     (anon/anon, file/file, anon/file), what KSM can reach and what it misses, the most
@@ -105,7 +118,7 @@ def scan_cmd(
     def work() -> None:
         started = time.monotonic()
         with progress_bar(not quiet) as update:
-            result = scan(pid, threads=threads, progress=update)
+            result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
         seconds = time.monotonic() - started
         report = process_report(result, top=top)
         report["seconds"] = round(seconds, 3)
@@ -113,8 +126,13 @@ def scan_cmd(
             write_frames(
                 parquet_dir,
                 {"vmas": result.vmas, "pages": result.pages, "frames": result.frames},
-                {"kind": "process-scan", "dedupx_version": __version__, "pid": pid,
-                 "comm": result.comm, "coverage": report["coverage"]},
+                {
+                    "kind": "process-scan",
+                    "dedupx_version": __version__,
+                    "pid": pid,
+                    "comm": result.comm,
+                    "coverage": report["coverage"],
+                },
             )
         if as_json:
             click.echo(json.dumps(report, default=str))

@@ -15,8 +15,9 @@ import polars as pl
 from dedupx.exceptions import OutputError
 
 
-def write_frames(target: str | os.PathLike[str], frames: dict[str, pl.DataFrame],
-                 manifest: dict[str, Any]) -> Path:
+def write_frames(
+    target: str | os.PathLike[str], frames: dict[str, pl.DataFrame], manifest: dict[str, Any]
+) -> Path:
     """Writes ``NAME.parquet`` per frame and ``manifest.json`` into ``target``.
 
     Everything goes into a hidden temporary sibling first, which is renamed into place

@@ -28,7 +28,7 @@ class ProcessScan:
     ppid: int
     vmas: pl.DataFrame
     pages: pl.DataFrame
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frames(self) -> pl.DataFrame:

@@ -28,8 +28,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     t.add_column("class")
     for col in ("RSS", "PSS", "USS"):
         t.add_column(col, justify="right")
-    t.add_row("all", _mib(r["rss_bytes"]), _mib(r["pss_bytes"]), _mib(r["uss_bytes"]),
-              style="bold")
+    t.add_row("all", _mib(r["rss_bytes"]), _mib(r["pss_bytes"]), _mib(r["uss_bytes"]), style="bold")
     for cls in ("anon", "file", "shmem"):
         t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
     t.add_row("swap", _mib(r["swap_bytes"]), "", "")
@@ -58,8 +57,12 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     t.add_column("kind")
     t.add_column("pages", justify="right")
     t.add_column("MiB", justify="right")
-    for key, label in (("anon_anon", "anon/anon"), ("file_file", "file/file"),
-                       ("anon_file", "anon/file"), ("total", "total")):
+    for key, label in (
+        ("anon_anon", "anon/anon"),
+        ("file_file", "file/file"),
+        ("anon_file", "anon/file"),
+        ("total", "total"),
+    ):
         t.add_row(label, *_pages(d[key], ps), style="bold" if key == "total" else None)
     t.add_row("  of which zero-filled", *_pages(d["zero_content"], ps))
     console.print(t)
@@ -76,14 +79,21 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
 
     if r["top_duplicates"]:
         t = Table(title="Top duplicated contents", title_justify="left")
-        for col, just in (("hash", "left"), ("copies", "right"), ("anon", "right"),
-                          ("file", "right"), ("saves", "right"), ("where", "left")):
+        for col, just in (
+            ("hash", "left"),
+            ("copies", "right"),
+            ("anon", "right"),
+            ("file", "right"),
+            ("saves", "right"),
+            ("where", "left"),
+        ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for g in r["top_duplicates"]:
             where = ", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else "")
             label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
-            t.add_row(label, str(g["frames"]), str(g["anon"]), str(g["file"]),
-                      f"{g['total']:,}", where)
+            t.add_row(
+                label, str(g["frames"]), str(g["anon"]), str(g["file"]), f"{g['total']:,}", where
+            )
         console.print(t)
 
     c = r["coverage"]

@@ -26,9 +26,7 @@ def hashed_frames(data: Any, vmas: FrameLike | None = None) -> pl.LazyFrame:
     pages = with_vma_columns(pages, vmas_lf)
     return (
         pages.filter(pl.col("present") & pl.col("hash").is_not_null() & ~is_zero_page())
-        .with_columns(
-            (flag(KPF_ANON) & pl.col("mergeable").fill_null(False)).alias("ksm_eligible")
-        )
+        .with_columns((flag(KPF_ANON) & pl.col("mergeable").fill_null(False)).alias("ksm_eligible"))
         .group_by("pfn")
         .agg(
             pl.col("hash", "kpageflags", "zero").first(),

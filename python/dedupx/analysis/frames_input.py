@@ -9,7 +9,9 @@ import polars as pl
 FrameLike = pl.DataFrame | pl.LazyFrame
 
 
-def pages_and_vmas(data: Any, vmas: FrameLike | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame | None]:
+def pages_and_vmas(
+    data: Any, vmas: FrameLike | None = None
+) -> tuple[pl.LazyFrame, pl.LazyFrame | None]:
     """Accepts a ProcessScan (or anything with ``.pages``/``.vmas``) or a pages frame."""
     if isinstance(data, pl.DataFrame | pl.LazyFrame):
         pages = data.lazy()
@@ -30,8 +32,9 @@ def with_vma_columns(pages: pl.LazyFrame, vmas: pl.LazyFrame | None) -> pl.LazyF
         return pages
     if vmas is None:
         return pages.with_columns(
-            pl.lit(None, dtype=pl.Boolean).alias("mergeable") if c == "mergeable" else
-            pl.lit(None, dtype=pl.String).alias(c)
+            pl.lit(None, dtype=pl.Boolean).alias("mergeable")
+            if c == "mergeable"
+            else pl.lit(None, dtype=pl.String).alias(c)
             for c in wanted
         )
     cols = vmas.select("pid", "vma_id", *wanted)

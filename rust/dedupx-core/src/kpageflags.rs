@@ -28,9 +28,10 @@ pub fn has(flags: u64, bit: u32) -> bool {
     flags & (1u64 << bit) != 0
 }
 
-/// Two PFNs closer than this are read in one run: reading a few unneeded entries is far
-/// cheaper than another pread.
-const COALESCE_GAP: u64 = 64;
+/// Two PFNs closer than this are read in one run. The kernel's cost is per PFN (about
+/// 100 ns each, looking up and snapshotting the page), not per call, so only small gaps
+/// are worth reading through.
+const COALESCE_GAP: u64 = 4;
 /// Upper bound for one run so that the work spreads over threads and buffers stay small.
 const MAX_RUN: u64 = 32 * 1024;
 
@@ -51,10 +52,10 @@ impl KpageFiles {
     pub fn open(proc_root: &Path) -> Result<Self> {
         let flags_path = proc_root.join("kpageflags");
         let count_path = proc_root.join("kpagecount");
-        let flags =
-            File::open(&flags_path).map_err(|e| ScanError::from_kernel_io(flags_path.clone(), e))?;
-        let count =
-            File::open(&count_path).map_err(|e| ScanError::from_kernel_io(count_path.clone(), e))?;
+        let flags = File::open(&flags_path)
+            .map_err(|e| ScanError::from_kernel_io(flags_path.clone(), e))?;
+        let count = File::open(&count_path)
+            .map_err(|e| ScanError::from_kernel_io(count_path.clone(), e))?;
         Ok(Self {
             flags,
             count,
@@ -145,10 +146,10 @@ mod tests {
 
     #[test]
     fn coalesces_close_pfns_and_splits_far_ones() {
-        let pfns = [10, 11, 20, 10_000, 10_001];
+        let pfns = [10, 11, 14, 10_000, 10_001];
         let runs = coalesce(&pfns);
         assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].start, runs[0].len), (10, 11));
+        assert_eq!((runs[0].start, runs[0].len), (10, 5));
         assert_eq!((runs[0].first_idx, runs[0].end_idx), (0, 3));
         assert_eq!((runs[1].start, runs[1].len), (10_000, 2));
         assert_eq!((runs[1].first_idx, runs[1].end_idx), (3, 5));

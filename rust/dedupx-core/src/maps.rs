@@ -87,7 +87,9 @@ pub fn parse_smaps(text: &str, path: &Path) -> Result<Vec<Vma>> {
             continue;
         };
         if let Some(key) = first.strip_suffix(':') {
-            let vma = vmas.last_mut().ok_or_else(|| err("field before any mapping"))?;
+            let vma = vmas
+                .last_mut()
+                .ok_or_else(|| err("field before any mapping"))?;
             let rest = line[first.len()..].trim();
             match key {
                 "VmFlags" => {
@@ -118,7 +120,9 @@ fn parse_header(line: &str) -> Option<Vma> {
     let mut fields = [""; 5];
     for field in fields.iter_mut() {
         rest = rest.trim_start();
-        let end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(rest.len());
         *field = &rest[..end];
         rest = &rest[end..];
     }

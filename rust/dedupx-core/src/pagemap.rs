@@ -101,7 +101,10 @@ impl Pagemap {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut filled = 0;
         while filled < buf.len() {
-            match self.file.read_at(&mut buf[filled..], offset + filled as u64) {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
                 // A short read at the end means the mm is gone.
                 Ok(0) => return Err(ScanError::ProcessGone { pid: self.pid }),
                 Ok(n) => filled += n,
@@ -136,8 +139,10 @@ mod tests {
         let aligned = addr & !(PAGE_SIZE as u64 - 1);
         let pm = Pagemap::open(Path::new("/proc"), std::process::id()).expect("own pagemap");
         let mut seen = Vec::new();
-        pm.for_each_mapped(aligned, aligned + PAGE_SIZE as u64, |va, e| seen.push((va, e)))
-            .expect("read");
+        pm.for_each_mapped(aligned, aligned + PAGE_SIZE as u64, |va, e| {
+            seen.push((va, e))
+        })
+        .expect("read");
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].0, aligned);
         assert!(seen[0].1.present());

@@ -19,7 +19,9 @@ pub fn read_proc_info(proc_root: &Path, pid: u32) -> Result<ProcInfo> {
         let path = dir.join(name);
         fs::read(&path).map_err(|e| ScanError::from_proc_io(pid, path, e))
     };
-    let comm = String::from_utf8_lossy(&read("comm")?).trim_end().to_string();
+    let comm = String::from_utf8_lossy(&read("comm")?)
+        .trim_end()
+        .to_string();
     let cmdline = read("cmdline")?
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())

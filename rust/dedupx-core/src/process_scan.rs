@@ -6,6 +6,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -88,6 +89,8 @@ pub struct ScanStats {
     /// PFNs that failed to copy or changed mapping while being read.
     pub vanished_pfns: u64,
     pub threads: usize,
+    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, assemble.
+    pub stage_ms: [u64; 4],
 }
 
 #[derive(Debug)]
@@ -118,7 +121,10 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     if let Err(e) = fs::metadata(&dir) {
         return Err(match e.raw_os_error() {
             Some(libc::ENOENT) => ScanError::NoSuchProcess { pid },
-            _ => ScanError::Io { path: dir, source: e },
+            _ => ScanError::Io {
+                path: dir,
+                source: e,
+            },
         });
     }
     // Fail early on what only root can read, before any work.
@@ -136,18 +142,25 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     };
     let total_pages: u64 = vmas.iter().map(Vma::pages).sum();
     check("pagemap", 0, total_pages)?;
+    let mut clock = Instant::now();
+    let mut lap = || {
+        let ms = clock.elapsed().as_millis() as u64;
+        clock = Instant::now();
+        ms
+    };
     let mapped = read_mapped(&pagemap, &vmas)?;
+    let pagemap_ms = lap();
     check("pagemap", total_pages, total_pages)?;
 
-    let mut uniq: Vec<u64> = mapped.entries.iter().filter_map(|e| e.pfn()).collect();
-    let present_pages = uniq.len() as u64;
-    if present_pages > 0 && uniq.iter().all(|&p| p == 0) {
+    let present_pages = mapped.entries.iter().filter(|e| e.present()).count() as u64;
+    if present_pages > 0 && mapped.entries.iter().all(|e| e.pfn().unwrap_or(0) == 0) {
         return Err(ScanError::PfnHidden { path: dir.join("pagemap") });
     }
-    uniq.sort_unstable();
-    uniq.dedup();
+    let (uniq, uidx) = distinct_pfns(&mapped.entries);
+    let mapped = Mapped { uidx, ..mapped };
     check("kpageflags", 0, uniq.len() as u64)?;
     let meta = kpage.read(&uniq)?;
+    let kpageflags_ms = lap();
     check("kpageflags", uniq.len() as u64, uniq.len() as u64)?;
 
     let mut stats = ScanStats {
@@ -157,12 +170,28 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         ..ScanStats::default()
     };
     let contents = if opts.hash {
-        hash_contents(pid, &pagemap, &vmas, &mapped, &uniq, &meta.flags, &mut stats, &check)?
+        hash_contents(
+            pid,
+            &pagemap,
+            &vmas,
+            &mapped,
+            &uniq,
+            &meta.flags,
+            &mut stats,
+            &check,
+        )?
     } else {
         Contents::unread(uniq.len())
     };
-    let pages = assemble(mapped, &uniq, &meta, contents);
-    Ok(ProcessScan { info, vmas, pages, stats })
+    let hash_ms = lap();
+    let pages = assemble(mapped, &meta, contents);
+    stats.stage_ms = [pagemap_ms, kpageflags_ms, hash_ms, lap()];
+    Ok(ProcessScan {
+        info,
+        vmas,
+        pages,
+        stats,
+    })
 }
 
 fn read_vmas(root: &Path, pid: u32) -> Result<Vec<Vma>> {
@@ -175,6 +204,28 @@ struct Mapped {
     vma_id: Vec<u32>,
     vaddr: Vec<u64>,
     entries: Vec<PagemapEntry>,
+    /// Per page, the index of its PFN in the sorted distinct PFNs (u32::MAX if not present).
+    uidx: Vec<u32>,
+}
+
+/// Sorted distinct PFNs, and for each page the index of its PFN among them; computed once
+/// so that no later stage searches.
+fn distinct_pfns(entries: &[PagemapEntry]) -> (Vec<u64>, Vec<u32>) {
+    let mut order: Vec<(u64, u32)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.pfn().map(|p| (p, i as u32)))
+        .collect();
+    order.par_sort_unstable();
+    let mut uniq: Vec<u64> = Vec::new();
+    let mut uidx = vec![u32::MAX; entries.len()];
+    for (pfn, i) in order {
+        if uniq.last() != Some(&pfn) {
+            uniq.push(pfn);
+        }
+        uidx[i as usize] = (uniq.len() - 1) as u32;
+    }
+    (uniq, uidx)
 }
 
 fn read_mapped(pagemap: &Pagemap, vmas: &[Vma]) -> Result<Mapped> {
@@ -195,6 +246,7 @@ fn read_mapped(pagemap: &Pagemap, vmas: &[Vma]) -> Result<Mapped> {
         vma_id: Vec::with_capacity(n),
         vaddr: Vec::with_capacity(n),
         entries: Vec::with_capacity(n),
+        uidx: Vec::new(),
     };
     for (id, found) in per_vma.into_iter().enumerate() {
         for (va, e) in found {
@@ -240,8 +292,10 @@ fn hash_contents(
     let mut reader = vec![u32::MAX; uniq.len()];
     let mut readable_seen = vec![false; uniq.len()];
     for (i, e) in mapped.entries.iter().enumerate() {
-        let Some(pfn) = e.pfn() else { continue };
-        let u = uniq.binary_search(&pfn).expect("pfn listed");
+        if !e.present() {
+            continue;
+        }
+        let u = mapped.uidx[i] as usize;
         if kpageflags::has(flags[u], kpageflags::KPF_ZERO_PAGE) {
             contents.hash[u] = zero_hash;
             contents.hashed[u] = true;
@@ -280,7 +334,7 @@ fn hash_contents(
                 return Err(ScanError::Interrupted);
             }
             let idx = &work[w.clone()];
-            let out = bufs.hash_window(pid, mem.as_ref(), pagemap, mapped, idx, uniq)?;
+            let out = bufs.hash_window(pid, mem.as_ref(), pagemap, mapped, idx)?;
             let d = done.fetch_add(idx.len() as u64, Ordering::Relaxed) + idx.len() as u64;
             if let Err(e) = check("hash", d, total) {
                 stop.store(true, Ordering::Relaxed);
@@ -346,10 +400,10 @@ impl WindowBuffers {
         pagemap: &Pagemap,
         mapped: &Mapped,
         idx: &[u32],
-        uniq: &[u64],
     ) -> Result<Vec<(u32, PageHash, bool)>> {
         self.vaddrs.clear();
-        self.vaddrs.extend(idx.iter().map(|&i| mapped.vaddr[i as usize]));
+        self.vaddrs
+            .extend(idx.iter().map(|&i| mapped.vaddr[i as usize]));
         self.data.resize(idx.len() * PAGE_SIZE, 0);
         read_pages(pid, mem, &self.vaddrs, &mut self.data, &mut self.ok)?;
         // The mapping may have changed between pagemap and copy: keep only pages whose
@@ -364,12 +418,13 @@ impl WindowBuffers {
                 continue;
             }
             let before = mapped.entries[i as usize].pfn();
-            let now = PagemapEntry(self.recheck[((self.vaddrs[k] - first) / PAGE_SIZE as u64) as usize]);
+            let now =
+                PagemapEntry(self.recheck[((self.vaddrs[k] - first) / PAGE_SIZE as u64) as usize]);
             if now.pfn() != before {
                 continue;
             }
             let page = &self.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE];
-            let u = uniq.binary_search(&before.expect("present")).expect("listed") as u32;
+            let u = mapped.uidx[i as usize];
             if is_zero(page) {
                 out.push((u, crate::page_hash::hash_page(page), true));
             } else {
@@ -394,7 +449,6 @@ impl WindowBuffers {
 
 fn assemble(
     mapped: Mapped,
-    uniq: &[u64],
     meta: &kpageflags::PageMeta,
     contents: Contents,
 ) -> PageTable {
@@ -413,14 +467,14 @@ fn assemble(
         hashed: Vec::with_capacity(n),
         zero: Vec::with_capacity(n),
     };
-    for e in mapped.entries {
+    for (e, u) in mapped.entries.into_iter().zip(mapped.uidx) {
         t.present.push(e.present());
         t.swapped.push(e.swapped());
         t.file_shared.push(e.file_shared());
         t.exclusive.push(e.exclusive());
         match e.pfn() {
             Some(pfn) => {
-                let u = uniq.binary_search(&pfn).expect("pfn listed");
+                let u = u as usize;
                 t.pfn.push(pfn);
                 t.kpageflags.push(meta.flags[u]);
                 t.mapcount.push(meta.count[u]);

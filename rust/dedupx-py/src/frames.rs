@@ -39,6 +39,11 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     stats.set_item("unreadable_pfns", s.unreadable_pfns)?;
     stats.set_item("vanished_pfns", s.vanished_pfns)?;
     stats.set_item("threads", s.threads)?;
+    let stage_ms = PyDict::new(py);
+    for (name, ms) in ["pagemap", "kpageflags", "hash", "assemble"].iter().zip(s.stage_ms) {
+        stage_ms.set_item(name, ms)?;
+    }
+    stats.set_item("stage_ms", stage_ms)?;
     out.set_item("stats", stats)?;
     Ok(out)
 }
@@ -50,7 +55,10 @@ fn table(batch: Result<RecordBatch, ArrowError>) -> PyResult<PyTable> {
 }
 
 fn u64s(values: Vec<u64>, valid: Option<&[bool]>) -> ArrayRef {
-    Arc::new(UInt64Array::new(ScalarBuffer::from(values), valid.map(nulls)))
+    Arc::new(UInt64Array::new(
+        ScalarBuffer::from(values),
+        valid.map(nulls),
+    ))
 }
 
 fn u32s(values: Vec<u32>) -> ArrayRef {
@@ -58,7 +66,10 @@ fn u32s(values: Vec<u32>) -> ArrayRef {
 }
 
 fn bools(values: &[bool], valid: Option<&[bool]>) -> ArrayRef {
-    Arc::new(BooleanArray::new(BooleanBuffer::from(values), valid.map(nulls)))
+    Arc::new(BooleanArray::new(
+        BooleanBuffer::from(values),
+        valid.map(nulls),
+    ))
 }
 
 fn nulls(valid: &[bool]) -> NullBuffer {
@@ -117,7 +128,13 @@ fn vmas_batch(pid: u32, vmas: &[Vma]) -> Result<RecordBatch, ArrowError> {
 fn batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
     let fields: Vec<Field> = columns
         .iter()
-        .map(|(name, a)| Field::new(*name, a.data_type().clone(), a.null_count() > 0 || nullable(name)))
+        .map(|(name, a)| {
+            Field::new(
+                *name,
+                a.data_type().clone(),
+                a.null_count() > 0 || nullable(name),
+            )
+        })
         .collect();
     let schema = Arc::new(Schema::new(fields));
     RecordBatch::try_new(schema, columns.into_iter().map(|(_, a)| a).collect())
@@ -127,4 +144,3 @@ fn batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
 fn nullable(name: &str) -> bool {
     matches!(name, "pfn" | "kpageflags" | "mapcount" | "hash" | "zero")
 }
-

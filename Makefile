@@ -1,0 +1,43 @@
+# dedupx: one entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+# The process `make run` scans: the one with the largest resident set, unless PID=... is given.
+PID ?= $(shell ps -eo pid= --sort=-rss | head -n 1 | tr -d ' ')
+APT_PACKAGES := gcc util-linux procps
+
+.PHONY: help setup build run test test-rs test-py lint bench fmt
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+setup: ## install system packages and build+install dedupx with its test tools
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	rustup component add rustfmt clippy >/dev/null 2>&1 || true
+	$(PYTHON) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PYTHON) -m pip install -q ".[test]"
+
+run: setup ## build, install and scan the largest process on this host (or PID=N)
+	dedupx scan --pid $(PID)
+
+test: setup test-rs test-py lint ## everything: Rust tests, Python tests against real processes, lints
+
+test-rs: ## Rust unit tests of the core (parsers, hashing, /proc readers)
+	cargo test -p dedupx-core --quiet
+
+test-py: ## pytest against real processes (needs root)
+	$(PYTHON) -m pytest tests
+
+lint: ## cargo fmt, clippy -D warnings, ruff, ruff format
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(PYTHON) -m ruff check python tests bench
+	$(PYTHON) -m ruff format --check python tests bench
+
+fmt: ## format Rust and Python sources
+	cargo fmt --all
+	$(PYTHON) -m ruff format python tests bench
+	$(PYTHON) -m ruff check --fix python tests bench
+
+bench: setup ## throughput of a scan vs the straightforward per-page script (prints GB/s)
+	$(PYTHON) bench/scan_throughput.py

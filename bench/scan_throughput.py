@@ -1,0 +1,162 @@
+"""Scan throughput: dedupx vs the straightforward per-page Python script, in one run.
+
+Target: a process with 1 GiB of anonymous memory, 1/8 zero-filled pages, half of the pages
+copies of a few contents, the rest unique. Prints GB/s of each, their ratio, and the peak
+memory of a scan per present page. Figures vary with the host; compare the ratio.
+
+usage: python bench/scan_throughput.py [--mib 1024] [--slice-mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+PAGE = 4096
+
+TARGET = r"""
+import mmap, os, sys
+pages = int(sys.argv[1])
+m = mmap.mmap(-1, pages * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_NOHUGEPAGE)
+pool = [os.urandom(4096) for _ in range(64)]
+unique = os.urandom(4096 * (pages // 8 * 3 + 8))
+u = 0
+for i in range(pages):
+    k = i % 8
+    off = i * 4096
+    if k == 0:
+        m[off] = 0                      # present, all zeros
+    elif k <= 4:
+        m[off:off + 4096] = pool[i % 64]  # half of all pages: copies of 64 contents
+    else:
+        m[off:off + 4096] = unique[u * 4096:(u + 1) * 4096]
+        u += 1
+import ctypes
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+print(addr, flush=True)
+sys.stdin.read()
+"""
+
+PEAK_CHILD = r"""
+import resource, sys, dedupx
+pid, do_scan = int(sys.argv[1]), sys.argv[2] == "1"
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if do_scan:
+    s = dedupx.scan(pid)
+    n = s.stats["present_pages"]
+else:
+    n = 0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, n)
+"""
+
+
+def straightforward(pid: int, start: int, pages: int) -> tuple[float, int]:
+    """Per page: seek+read pagemap, seek+read kpageflags, read the page, sha256."""
+    hashes = 0
+    t0 = time.perf_counter()
+    with (
+        open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm,
+        open("/proc/kpageflags", "rb", buffering=0) as kf,
+        open(f"/proc/{pid}/mem", "rb", buffering=0) as mem,
+    ):
+        for i in range(pages):
+            va = start + i * PAGE
+            pm.seek(va // PAGE * 8)
+            entry = int.from_bytes(pm.read(8), "little")
+            if not entry >> 63 & 1:
+                continue
+            pfn = entry & ((1 << 55) - 1)
+            kf.seek(pfn * 8)
+            kf.read(8)
+            mem.seek(va)
+            hashlib.sha256(mem.read(PAGE)).digest()
+            hashes += 1
+    return time.perf_counter() - t0, hashes
+
+
+def peak_bytes_per_page(pid: int) -> float:
+    def child(do_scan: bool) -> tuple[int, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_CHILD, str(pid), "1" if do_scan else "0"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        return int(out[0]) * 1024, int(out[1])
+
+    base, _ = child(False)
+    peak, pages = child(True)
+    return (peak - base) / pages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--slice-mib", type=int, default=64)
+    args = ap.parse_args()
+    import dedupx
+
+    pages = args.mib * 1024 * 1024 // PAGE
+    target = subprocess.Popen(
+        [sys.executable, "-c", TARGET, str(pages)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert target.stdout is not None
+        start = int(target.stdout.readline())
+        pid = target.pid
+
+        slice_pages = args.slice_mib * 1024 * 1024 // PAGE
+        base_s, hashed = straightforward(pid, start, slice_pages)
+        base_rate = hashed * PAGE / base_s / 1e9
+
+        results = {}
+        for threads in (1, 0):
+            t0 = time.perf_counter()
+            s = dedupx.scan(pid, threads=threads)
+            secs = time.perf_counter() - t0
+            present = s.stats["present_pages"]
+            results[threads] = (secs, present, s.stats["threads"])
+        t0 = time.perf_counter()
+        dup = dedupx.duplicates(s).row(0, named=True)
+        analysis_s = time.perf_counter() - t0
+
+        secs, present, nthreads = results[0]
+        rate = present * PAGE / secs / 1e9
+        secs1, present1, _ = results[1]
+        rate1 = present1 * PAGE / secs1 / 1e9
+        peak = peak_bytes_per_page(pid)
+        report = {
+            "target_mib": args.mib,
+            "present_pages": present,
+            "baseline_slice_mib": args.slice_mib,
+            "baseline_gbps": round(base_rate, 3),
+            "dedupx_gbps": round(rate, 3),
+            "dedupx_threads": nthreads,
+            "dedupx_1thread_gbps": round(rate1, 3),
+            "ratio": round(rate / base_rate, 1),
+            "scan_seconds": round(secs, 3),
+            "duplicates_seconds": round(analysis_s, 3),
+            "duplicate_pages": dup["total"],
+            "peak_bytes_per_present_page": round(peak, 1),
+        }
+        print(f"straightforward script : {base_rate:6.3f} GB/s ({args.slice_mib} MiB slice)")
+        print(f"dedupx, 1 thread       : {rate1:6.3f} GB/s")
+        print(f"dedupx, {nthreads} threads      : {rate:6.3f} GB/s ({secs:.3f} s for {present:,} pages)")
+        print(f"ratio                  : {rate / base_rate:6.1f}x")
+        print(f"duplicates() analysis  : {analysis_s:.3f} s ({dup['total']:,} duplicate pages)")
+        print(f"peak memory per page   : {peak:.1f} bytes")
+        print(json.dumps(report))
+    finally:
+        target.kill()
+        target.wait()
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench needs root")
+    main()
