@@ -28,11 +28,13 @@ test-rs: ## Rust unit tests of the core (parsers, hashing, /proc readers)
 test-py: ## pytest against real processes (needs root)
 	$(PYTHON) -m pytest tests
 
-lint: ## cargo fmt, clippy -D warnings, ruff, ruff format
+lint: ## cargo fmt, clippy -D warnings, ruff, mypy, stubtest of the binding's .pyi
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	$(PYTHON) -m ruff check python tests bench
 	$(PYTHON) -m ruff format --check python tests bench
+	$(PYTHON) -m mypy python/dedupx
+	$(PYTHON) -m mypy.stubtest dedupx._dedupx
 
 fmt: ## format Rust and Python sources
 	cargo fmt --all

@@ -37,6 +37,7 @@ for i in range(pages):
     else:
         m[off:off + 4096] = unique[u * 4096:(u + 1) * 4096]
         u += 1
+del unique, pool
 import ctypes
 addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
 print(addr, flush=True)
@@ -44,15 +45,17 @@ sys.stdin.read()
 """
 
 PEAK_CHILD = r"""
-import resource, sys, dedupx
-pid, do_scan = int(sys.argv[1]), sys.argv[2] == "1"
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if do_scan:
-    s = dedupx.scan(pid)
-    n = s.stats["present_pages"]
-else:
-    n = 0
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, n)
+import os, sys, dedupx
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+pid = int(sys.argv[1])
+dedupx.footprint(dedupx.scan(os.getppid()))  # page in the code a scan runs, so it is not counted
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+before = status("VmRSS")
+s = dedupx.scan(pid)
+print(status("VmHWM") - before, s.stats["present_pages"])
 """
 
 
@@ -81,16 +84,11 @@ def straightforward(pid: int, start: int, pages: int) -> tuple[float, int]:
 
 
 def peak_bytes_per_page(pid: int) -> float:
-    def child(do_scan: bool) -> tuple[int, int]:
-        out = subprocess.run(
-            [sys.executable, "-c", PEAK_CHILD, str(pid), "1" if do_scan else "0"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()
-        return int(out[0]) * 1024, int(out[1])
-
-    base, _ = child(False)
-    peak, pages = child(True)
-    return (peak - base) / pages
+    """Growth of the peak RSS of a fresh process over one scan, per present page."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, str(pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[0]) / int(out[1])
 
 
 def main() -> None:
@@ -103,7 +101,9 @@ def main() -> None:
     pages = args.mib * 1024 * 1024 // PAGE
     target = subprocess.Popen(
         [sys.executable, "-c", TARGET, str(pages)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert target.stdout is not None
@@ -146,7 +146,9 @@ def main() -> None:
         }
         print(f"straightforward script : {base_rate:6.3f} GB/s ({args.slice_mib} MiB slice)")
         print(f"dedupx, 1 thread       : {rate1:6.3f} GB/s")
-        print(f"dedupx, {nthreads} threads      : {rate:6.3f} GB/s ({secs:.3f} s for {present:,} pages)")
+        print(
+            f"dedupx, {nthreads} threads      : {rate:6.3f} GB/s ({secs:.3f} s for {present:,} pages)"
+        )
         print(f"ratio                  : {rate / base_rate:6.1f}x")
         print(f"duplicates() analysis  : {analysis_s:.3f} s ({dup['total']:,} duplicate pages)")
         print(f"peak memory per page   : {peak:.1f} bytes")

@@ -71,12 +71,14 @@ def scan(
         pid, threads=threads, hash=hash, proc_root=proc_root, progress=progress
     )
     info = raw["info"]
+    pages = pl.DataFrame(raw["pages"])
+    pages = pages.select(pl.lit(info["pid"], dtype=pl.UInt32).alias("pid"), pl.all())
     return ProcessScan(
         pid=info["pid"],
         comm=info["comm"],
         cmdline=list(info["cmdline"]),
         ppid=info["ppid"],
         vmas=pl.DataFrame(raw["vmas"]),
-        pages=pl.DataFrame(raw["pages"]),
+        pages=pages,
         stats=dict(raw["stats"]),
     )

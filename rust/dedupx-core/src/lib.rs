@@ -2,17 +2,21 @@
 //!
 //! No Python here: the binding crate converts these types, nothing more.
 
+pub mod bitmap;
 pub mod error;
 pub mod kpageflags;
 pub mod maps;
+pub mod page_contents;
 pub mod page_hash;
+pub mod page_table;
 pub mod pagemap;
 pub mod proc_info;
 pub mod process_memory;
 pub mod process_scan;
 
 pub use error::{Result, ScanError};
-pub use process_scan::{scan_process, PageTable, ProcessScan, ScanOptions, ScanStats};
+pub use page_table::PageTable;
+pub use process_scan::{scan_process, ProcessScan, ScanOptions, ScanStats};
 
 /// dedupx works on base pages; huge pages are handled as their 4 KiB subpages.
 pub const PAGE_SIZE: usize = 4096;

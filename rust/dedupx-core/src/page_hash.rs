@@ -42,6 +42,12 @@ pub fn is_zero(page: &[u8]) -> bool {
         && words.iter().fold(0u64, |acc, &w| acc | w) == 0
 }
 
+/// The hash of an all-zero page, computed once.
+pub fn zero_page_hash() -> PageHash {
+    static ZERO: std::sync::OnceLock<PageHash> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| hash_page(&[0u8; PAGE_SIZE]))
+}
+
 pub fn hash_page(page: &[u8]) -> PageHash {
     truncate(blake3::hash(page).as_bytes())
 }

@@ -4,24 +4,26 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array,
+    ArrayRef, BinaryViewArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, ScalarBuffer};
+use arrow_data::ByteView;
 use arrow_schema::{ArrowError, Field, Schema};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 
+use dedupx_core::bitmap::BitVec;
 use dedupx_core::maps::Vma;
-use dedupx_core::process_scan::{PageTable, ProcessScan};
+use dedupx_core::page_table::{PageTable, NO_HASH};
+use dedupx_core::process_scan::ProcessScan;
 
 pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound<'_, PyDict>> {
     let pid = scan.info.pid;
     let out = PyDict::new(py);
     out.set_item("vmas", table(vmas_batch(pid, &scan.vmas))?)?;
-    out.set_item("pages", table(pages_batch(pid, scan.pages))?)?;
+    out.set_item("pages", table(pages_batch(scan.pages))?)?;
 
     let info = PyDict::new(py);
     info.set_item("pid", pid)?;
@@ -40,7 +42,10 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     stats.set_item("vanished_pfns", s.vanished_pfns)?;
     stats.set_item("threads", s.threads)?;
     let stage_ms = PyDict::new(py);
-    for (name, ms) in ["pagemap", "kpageflags", "hash", "assemble"].iter().zip(s.stage_ms) {
+    for (name, ms) in ["pagemap", "kpageflags", "hash", "assemble"]
+        .iter()
+        .zip(s.stage_ms)
+    {
         stage_ms.set_item(name, ms)?;
     }
     stats.set_item("stage_ms", stage_ms)?;
@@ -54,45 +59,83 @@ fn table(batch: Result<RecordBatch, ArrowError>) -> PyResult<PyTable> {
     PyTable::try_new(vec![batch], schema)
 }
 
-fn u64s(values: Vec<u64>, valid: Option<&[bool]>) -> ArrayRef {
-    Arc::new(UInt64Array::new(
-        ScalarBuffer::from(values),
-        valid.map(nulls),
-    ))
+fn u64s(values: Vec<u64>, valid: Option<NullBuffer>) -> ArrayRef {
+    Arc::new(UInt64Array::new(ScalarBuffer::from(values), valid))
 }
 
 fn u32s(values: Vec<u32>) -> ArrayRef {
     Arc::new(UInt32Array::new(ScalarBuffer::from(values), None))
 }
 
-fn bools(values: &[bool], valid: Option<&[bool]>) -> ArrayRef {
-    Arc::new(BooleanArray::new(
-        BooleanBuffer::from(values),
-        valid.map(nulls),
-    ))
+fn bools(values: &[bool]) -> ArrayRef {
+    Arc::new(BooleanArray::new(BooleanBuffer::from(values), None))
 }
 
-fn nulls(valid: &[bool]) -> NullBuffer {
-    NullBuffer::from(BooleanBuffer::from(valid))
+/// Core bitmaps already have Arrow's bit order: the words become the buffer as they are.
+fn bits(b: BitVec) -> BooleanBuffer {
+    let (words, len) = b.into_words();
+    BooleanBuffer::new(Buffer::from_vec(words), 0, len)
 }
 
-fn pages_batch(pid: u32, t: PageTable) -> Result<RecordBatch, ArrowError> {
-    let n = t.len();
-    let hash_values = Buffer::from_vec(t.hash);
-    let hash = FixedSizeBinaryArray::try_new(16, hash_values, Some(nulls(&t.hashed)))?;
+fn bit_column(b: BitVec, valid: Option<NullBuffer>) -> ArrayRef {
+    Arc::new(BooleanArray::new(bits(b), valid))
+}
+
+/// Most slots per Arrow data buffer: view offsets are u32 and each hash takes 16 bytes.
+const SLOTS_PER_BUFFER: u32 = 1 << 27;
+
+/// The hash column as a BinaryView array whose views point into the per-PFN hashes, so a
+/// hash is stored once however many pages map its PFN, and polars takes it without a copy.
+fn hash_column(slots: Vec<u32>, hashes: Vec<u8>) -> Result<(ArrayRef, NullBuffer), ArrowError> {
+    let valid = NullBuffer::new(slots.iter().map(|&s| s != NO_HASH).collect());
+    let views: Vec<u128> = slots
+        .iter()
+        .map(|&s| {
+            if s == NO_HASH {
+                return 0;
+            }
+            let at = s as usize * 16;
+            ByteView {
+                length: 16,
+                prefix: u32::from_le_bytes([
+                    hashes[at],
+                    hashes[at + 1],
+                    hashes[at + 2],
+                    hashes[at + 3],
+                ]),
+                buffer_index: s / SLOTS_PER_BUFFER,
+                offset: (s % SLOTS_PER_BUFFER) * 16,
+            }
+            .as_u128()
+        })
+        .collect();
+    drop(slots);
+    let all = Buffer::from_vec(hashes);
+    let chunk = SLOTS_PER_BUFFER as usize * 16;
+    let buffers: Vec<Buffer> = (0..all.len().div_ceil(chunk))
+        .map(|i| all.slice_with_length(i * chunk, chunk.min(all.len() - i * chunk)))
+        .collect();
+    let array = BinaryViewArray::try_new(ScalarBuffer::from(views), buffers, Some(valid.clone()))?;
+    Ok((Arc::new(array), valid))
+}
+
+/// The constant `pid` column is added on the Python side, where polars keeps it as a
+/// scalar instead of 4 bytes per row.
+fn pages_batch(t: PageTable) -> Result<RecordBatch, ArrowError> {
+    let present = NullBuffer::new(bits(t.present.clone()));
+    let (hash, hashed) = hash_column(t.hash_slot, t.hashes)?;
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("pid", u32s(vec![pid; n])),
         ("vma_id", u32s(t.vma_id)),
         ("vaddr", u64s(t.vaddr, None)),
-        ("pfn", u64s(t.pfn, Some(&t.present))),
-        ("present", bools(&t.present, None)),
-        ("swapped", bools(&t.swapped, None)),
-        ("file_shared", bools(&t.file_shared, None)),
-        ("exclusive", bools(&t.exclusive, None)),
-        ("kpageflags", u64s(t.kpageflags, Some(&t.present))),
-        ("mapcount", u64s(t.mapcount, Some(&t.present))),
-        ("hash", Arc::new(hash)),
-        ("zero", bools(&t.zero, Some(&t.hashed))),
+        ("pfn", u64s(t.pfn, Some(present.clone()))),
+        ("present", bit_column(t.present, None)),
+        ("swapped", bit_column(t.swapped, None)),
+        ("file_shared", bit_column(t.file_shared, None)),
+        ("exclusive", bit_column(t.exclusive, None)),
+        ("kpageflags", u64s(t.kpageflags, Some(present.clone()))),
+        ("mapcount", u64s(t.mapcount, Some(present))),
+        ("hash", hash),
+        ("zero", bit_column(t.zero, Some(hashed))),
     ];
     batch(columns)
 }
@@ -114,7 +157,7 @@ fn vmas_batch(pid: u32, vmas: &[Vma]) -> Result<RecordBatch, ArrowError> {
         ("dev", strs(&|v| v.dev.clone())),
         ("inode", nums(&|v| v.inode)),
         ("path", strs(&|v| v.path.clone())),
-        ("mergeable", bools(&mergeable, None)),
+        ("mergeable", bools(&mergeable)),
         ("kind", strs(&|v| v.kind.as_str().to_string())),
         ("vm_flags", strs(&|v| v.vm_flags.join(" "))),
         ("rss_bytes", nums(&|v| v.rss_kb * 1024)),

@@ -1,0 +1,122 @@
+//! The `pages` frame as column vectors, ready to become Arrow buffers without copying.
+
+use crate::bitmap::BitVec;
+use crate::kpageflags::PageMeta;
+use crate::page_hash::{zero_page_hash, PageHash};
+use crate::pagemap::PagemapEntry;
+
+/// `hash_slot` value of a page whose content was not hashed.
+pub const NO_HASH: u32 = u32::MAX;
+
+/// One row per mapped virtual page that is present or swapped.
+/// `pfn`, `kpageflags` and `mapcount` mean something only where `present`.
+/// A page's hash is `hashes[hash_slot]`: pages that share a PFN share a slot, so each
+/// distinct hash is stored once.
+#[derive(Debug, Default)]
+pub struct PageTable {
+    pub vma_id: Vec<u32>,
+    pub vaddr: Vec<u64>,
+    pub pfn: Vec<u64>,
+    pub present: BitVec,
+    pub swapped: BitVec,
+    pub file_shared: BitVec,
+    pub exclusive: BitVec,
+    pub kpageflags: Vec<u64>,
+    pub mapcount: Vec<u64>,
+    pub hash_slot: Vec<u32>,
+    /// 16 bytes per distinct PFN, in the order of the sorted distinct PFNs.
+    pub hashes: Vec<u8>,
+    pub zero: BitVec,
+}
+
+impl PageTable {
+    pub fn len(&self) -> usize {
+        self.vaddr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vaddr.is_empty()
+    }
+
+    pub fn hash(&self, row: usize) -> Option<PageHash> {
+        let slot = self.hash_slot[row];
+        (slot != NO_HASH).then(|| {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(&self.hashes[slot as usize * 16..][..16]);
+            h
+        })
+    }
+}
+
+/// What each distinct PFN holds (same order as the sorted distinct PFNs).
+pub struct Contents {
+    pub hashes: Vec<PageHash>,
+    pub hashed: Vec<bool>,
+}
+
+impl Contents {
+    pub fn unread(n: usize) -> Self {
+        Self {
+            hashes: vec![[0; 16]; n],
+            hashed: vec![false; n],
+        }
+    }
+}
+
+/// Builds the table column by column, dropping each input as soon as it is used up, so
+/// that the peak stays near the size of the result.
+pub fn assemble(
+    vma_id: Vec<u32>,
+    vaddr: Vec<u64>,
+    entries: Vec<PagemapEntry>,
+    mut uidx: Vec<u32>,
+    meta: PageMeta,
+    contents: Contents,
+) -> PageTable {
+    let n = entries.len();
+    let mut present = BitVec::with_capacity(n);
+    let mut swapped = BitVec::with_capacity(n);
+    let mut file_shared = BitVec::with_capacity(n);
+    let mut exclusive = BitVec::with_capacity(n);
+    let mut pfn = Vec::with_capacity(n);
+    for e in &entries {
+        present.push(e.present());
+        swapped.push(e.swapped());
+        file_shared.push(e.file_shared());
+        exclusive.push(e.exclusive());
+        pfn.push(e.pfn().unwrap_or(0));
+    }
+    drop(entries);
+    let per_pfn = |values: Vec<u64>| -> Vec<u64> {
+        uidx.iter()
+            .map(|&u| if u == NO_HASH { 0 } else { values[u as usize] })
+            .collect()
+    };
+    let kpageflags = per_pfn(meta.flags);
+    let mapcount = per_pfn(meta.count);
+    // uidx becomes hash_slot in place: the slot of a page is its PFN's index, if hashed.
+    for u in uidx.iter_mut() {
+        if *u != NO_HASH && !contents.hashed[*u as usize] {
+            *u = NO_HASH;
+        }
+    }
+    let zero_hash = zero_page_hash();
+    let zero = uidx
+        .iter()
+        .map(|&s| s != NO_HASH && contents.hashes[s as usize] == zero_hash)
+        .collect();
+    PageTable {
+        vma_id,
+        vaddr,
+        pfn,
+        present,
+        swapped,
+        file_shared,
+        exclusive,
+        kpageflags,
+        mapcount,
+        hash_slot: uidx,
+        hashes: contents.hashes.into_flattened(),
+        zero,
+    }
+}
