@@ -49,6 +49,22 @@ class DedupxIOError(DedupxError, OSError):
     """Reading or writing a file failed for a reason the other classes do not cover."""
 
 
+class CorruptImage(DedupxError, ValueError):
+    """A memory image is truncated, mis-labelled, overlapping or misaligned."""
+
+    exit_code = 8
+
+
+class CorruptSnapshot(DedupxError, ValueError):
+    """A snapshot directory is incomplete, damaged, or not a dedupx snapshot."""
+
+    exit_code = 9
+
+
+class SnapshotVersionError(CorruptSnapshot):
+    """A snapshot written by a newer dedupx, in a format this version cannot read."""
+
+
 class OutputError(DedupxError):
     """Results could not be written (full disk, unwritable directory, ...)."""
 
@@ -56,6 +72,8 @@ class OutputError(DedupxError):
 
 
 __all__ = [
+    "CorruptImage",
+    "CorruptSnapshot",
     "DedupxError",
     "DedupxIOError",
     "KernelUnsupported",
@@ -65,4 +83,5 @@ __all__ = [
     "ProcParseError",
     "ProcessGone",
     "ProcessNotFound",
+    "SnapshotVersionError",
 ]

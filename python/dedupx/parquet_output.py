@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,17 @@ import polars as pl
 
 from dedupx.exceptions import OutputError
 
+FrameSource = pl.DataFrame | Iterable[pl.DataFrame]
+
 
 def write_frames(
-    target: str | os.PathLike[str], frames: dict[str, pl.DataFrame], manifest: dict[str, Any]
+    target: str | os.PathLike[str],
+    frames: dict[str, FrameSource],
+    manifest: dict[str, Any],
 ) -> Path:
-    """Writes ``NAME.parquet`` per frame and ``manifest.json`` into ``target``.
+    """Writes each frame as ``NAME.parquet`` (or, given an iterable of chunks, as
+    ``NAME/part-*.parquet``, streamed) and ``manifest.json`` with the files and their row
+    counts added, into ``target``.
 
     Everything goes into a hidden temporary sibling first, which is renamed into place
     only when complete: a full disk or a kill leaves no directory that looks finished.
@@ -34,14 +41,22 @@ def write_frames(
     except OSError as e:
         raise OutputError(f"cannot create {target}: {e.strerror}") from None
     try:
-        os.chmod(tmp, 0o700)
+        files: dict[str, str] = {}
+        rows: dict[str, int] = {}
         for name, frame in frames.items():
-            path = tmp / f"{name}.parquet"
-            frame.write_parquet(path)
-            os.chmod(path, 0o600)
+            if isinstance(frame, pl.DataFrame):
+                _write_part(frame, tmp / f"{name}.parquet")
+                files[name], rows[name] = f"{name}.parquet", frame.height
+            else:
+                (tmp / name).mkdir(mode=0o700)
+                rows[name] = 0
+                for i, chunk in enumerate(frame):
+                    _write_part(chunk, tmp / name / f"part-{i:05d}.parquet")
+                    rows[name] += chunk.height
+                files[name] = name
         mpath = tmp / "manifest.json"
         with open(mpath, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, default=str)
+            json.dump({**manifest, "files": files, "rows": rows}, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(mpath, 0o600)
@@ -55,3 +70,12 @@ def write_frames(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _write_part(frame: pl.DataFrame, path: Path) -> None:
+    try:
+        frame.write_parquet(path)
+    except pl.exceptions.ComputeError as e:
+        # polars reports a full disk as a ComputeError wrapping the OS error.
+        raise OSError(str(e).splitlines()[0]) from None
+    os.chmod(path, 0o600)

@@ -3,13 +3,18 @@
 //! No Python here: the binding crate converts these types, nothing more.
 
 pub mod bitmap;
+pub mod elf_core;
 pub mod error;
+pub mod iomem;
 pub mod kpageflags;
+pub mod lime;
 pub mod maps;
 pub mod page_contents;
 pub mod page_hash;
 pub mod page_table;
 pub mod pagemap;
+pub mod parallel;
+pub mod phys_image;
 pub mod proc_info;
 pub mod process_memory;
 pub mod process_scan;

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, KPF_ZERO_PAGE};
 use crate::maps::Vma;
-use crate::page_hash::{is_zero, zero_page_hash, PageHash, PageHasher};
+use crate::page_hash::{zero_page_hash, PageHash, PageHasher};
 use crate::page_table::Contents;
 use crate::pagemap::{Pagemap, PagemapEntry};
 use crate::process_memory::read_pages;
@@ -166,8 +166,8 @@ struct WindowBuffers {
     ok: Vec<bool>,
     vaddrs: Vec<u64>,
     recheck: Vec<u64>,
-    to_hash: Vec<(usize, u32)>,
-    hashes: Vec<PageHash>,
+    kept: Vec<(usize, u32)>,
+    hashes: Vec<(PageHash, bool)>,
 }
 
 impl WindowBuffers {
@@ -192,35 +192,26 @@ impl WindowBuffers {
         let first = self.vaddrs[0];
         let span = ((self.vaddrs[idx.len() - 1] - first) / PAGE_SIZE as u64 + 1) as usize;
         pagemap.read_range(first, span, &mut self.recheck)?;
-        self.to_hash.clear();
-        let mut read = 0;
+        self.kept.clear();
         for (k, &i) in idx.iter().enumerate() {
-            if !self.ok[k] {
-                continue;
-            }
             let slot = ((self.vaddrs[k] - first) / PAGE_SIZE as u64) as usize;
-            if PagemapEntry(self.recheck[slot]).pfn() != pages.entries[i as usize].pfn() {
-                continue;
-            }
-            read += 1;
-            let u = pages.uidx[i as usize];
-            if is_zero(&self.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]) {
-                emit(u, zero_page_hash());
-            } else {
-                self.to_hash.push((k, u));
+            if self.ok[k]
+                && PagemapEntry(self.recheck[slot]).pfn() == pages.entries[i as usize].pfn()
+            {
+                self.kept.push((k, pages.uidx[i as usize]));
             }
         }
         let data = &self.data;
-        let to_hash: Vec<&[u8]> = self
-            .to_hash
+        let kept: Vec<&[u8]> = self
+            .kept
             .iter()
             .map(|&(k, _)| &data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE])
             .collect();
-        self.hashes.resize(to_hash.len(), [0; 16]);
-        self.hasher.hash_pages(&to_hash, &mut self.hashes);
-        for (&(_, u), &h) in self.to_hash.iter().zip(&self.hashes) {
+        self.hasher.hash_or_zero(&kept, &mut self.hashes);
+        for (&(_, u), &(h, _)) in self.kept.iter().zip(&self.hashes) {
             emit(u, h);
         }
+        let read = self.kept.len() as u64;
         Ok(read)
     }
 }

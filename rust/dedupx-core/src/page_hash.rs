@@ -137,6 +137,26 @@ impl PageHasher {
         }
     }
 
+    /// Hashes pages, sparing the all-zero ones (their hash is a constant): `out[i]` gets
+    /// page i's hash and whether it is all zeros.
+    pub fn hash_or_zero(&mut self, pages: &[&[u8]], out: &mut Vec<(PageHash, bool)>) {
+        out.clear();
+        let mut nonzero: Vec<&[u8]> = Vec::with_capacity(pages.len());
+        for p in pages {
+            let z = is_zero(p);
+            out.push((if z { zero_page_hash() } else { [0; 16] }, z));
+            if !z {
+                nonzero.push(p);
+            }
+        }
+        let mut hashes = vec![[0u8; 16]; nonzero.len()];
+        self.hash_pages(&nonzero, &mut hashes);
+        let mut next = hashes.into_iter();
+        for slot in out.iter_mut().filter(|(_, z)| !z) {
+            slot.0 = next.next().unwrap_or_default();
+        }
+    }
+
     /// Compresses `count` 64-byte blocks from `self.parents` into `self.out`.
     fn hash_blocks(&mut self, flags: u8, count: usize) {
         let blocks: Vec<&[u8; 2 * CV_LEN]> = self.parents[..count * 2 * CV_LEN]

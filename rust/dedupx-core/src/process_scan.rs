@@ -9,6 +9,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
+use crate::parallel::in_pool;
 use crate::kpageflags::KpageFiles;
 use crate::maps::{parse_smaps, Vma};
 use crate::page_contents::{hash_contents, MappedPages};
@@ -64,15 +65,15 @@ pub struct ProcessScan {
 }
 
 pub fn scan_process(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<ProcessScan> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| ScanError::Io {
-            path: PathBuf::from("thread pool"),
-            source: std::io::Error::other(e),
-        })?;
-    let threads = pool.current_num_threads();
-    let mut scan = pool.install(|| scan_in_pool(pid, opts, progress))?;
+    let (scan, threads) = in_pool(opts.threads, || {
+        let threads = rayon::current_num_threads();
+        scan_in_pool(pid, opts, progress).map(|s| (s, threads))
+    })
+    .map_err(|source| ScanError::Io {
+        path: PathBuf::from("thread pool"),
+        source,
+    })??;
+    let mut scan = scan;
     scan.stats.threads = threads;
     Ok(scan)
 }

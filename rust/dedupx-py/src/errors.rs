@@ -1,6 +1,7 @@
 //! Core errors become the Python `DedupxError` hierarchy, declared once in
 //! `dedupx/exceptions.py` so that classes can also subclass ValueError or PermissionError.
 
+use dedupx_core::phys_image::ImageError;
 use dedupx_core::ScanError;
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::PyErr;
@@ -24,5 +25,16 @@ pub fn to_py(err: ScanError) -> PyErr {
         ScanError::Parse { .. } => ProcParseError::new_err(msg),
         ScanError::Interrupted => PyKeyboardInterrupt::new_err(msg),
         ScanError::Io { .. } => DedupxIOError::new_err(msg),
+    }
+}
+
+pyo3::import_exception!(dedupx.exceptions, CorruptImage);
+
+pub fn image_to_py(err: ImageError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        ImageError::Open { .. } | ImageError::Io { .. } => DedupxIOError::new_err(msg),
+        ImageError::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        _ => CorruptImage::new_err(msg),
     }
 }

@@ -17,6 +17,7 @@ use pyo3_arrow::PyTable;
 use dedupx_core::bitmap::BitVec;
 use dedupx_core::maps::Vma;
 use dedupx_core::page_table::{PageTable, NO_HASH};
+use dedupx_core::phys_image::{FrameTable, PhysImage};
 use dedupx_core::process_scan::ProcessScan;
 
 pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound<'_, PyDict>> {
@@ -186,4 +187,29 @@ fn batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
 /// Columns that can hold nulls, declared so whether or not this scan has any.
 fn nullable(name: &str) -> bool {
     matches!(name, "pfn" | "kpageflags" | "mapcount" | "hash" | "zero")
+}
+
+pub fn image_to_dict<'py>(
+    py: Python<'py>,
+    image: &PhysImage,
+    t: FrameTable,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    let slots: Vec<u32> = (0..t.len() as u32).collect();
+    let (hash, _) = hash_column(slots, t.hashes).map_err(arrow_err)?;
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("pfn", u64s(t.pfn, None)),
+        ("hash", hash),
+        ("zero", bit_column(t.zero, None)),
+    ];
+    out.set_item("frames", table(batch(columns))?)?;
+    out.set_item("format", image.format.as_str())?;
+    out.set_item("pages", image.pages())?;
+    let segments: Vec<(u64, u64)> = image.segments.iter().map(|s| (s.paddr, s.len)).collect();
+    out.set_item("segments", segments)?;
+    Ok(out)
+}
+
+fn arrow_err(e: ArrowError) -> PyErr {
+    PyRuntimeError::new_err(e.to_string())
 }

@@ -4,67 +4,70 @@
 mod errors;
 mod frames;
 
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod progress;
 
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use dedupx_core::parallel::in_pool;
+use dedupx_core::phys_image::{ImageError, ImageFormat, PhysImage};
 use dedupx_core::process_scan::{scan_process, ScanOptions};
-
-/// How often a Python progress callback runs at most: often enough for a smooth bar and
-/// a prompt Ctrl-C, rarely enough to cost nothing.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+use progress::ProgressBridge;
 
 /// Scans one process; returns a dict with `vmas` and `pages` (Arrow tables), `info` and
 /// `stats` (dicts). `progress(stage, done, total)` is called now and then; an exception it
 /// raises, or Ctrl-C, stops the scan.
 #[pyfunction]
-#[pyo3(signature = (pid, *, threads=0, hash=true, proc_root="/proc".to_string(), progress=None))]
+#[pyo3(signature = (pid, *, threads=0, hash=true, proc_root=None, progress=None))]
 fn scan_process_frames<'py>(
     py: Python<'py>,
     pid: u32,
     threads: usize,
     hash: bool,
-    proc_root: String,
+    proc_root: Option<PathBuf>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opts = ScanOptions {
-        proc_root: PathBuf::from(proc_root),
+        proc_root: proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
         threads,
         hash,
     };
-    let failure: Mutex<Option<PyErr>> = Mutex::new(None);
-    let last = Mutex::new(Instant::now() - PROGRESS_INTERVAL);
-    let report = |stage: &str, done: u64, total: u64| -> bool {
-        {
-            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if done != 0 && done != total && last.elapsed() < PROGRESS_INTERVAL {
-                return true;
-            }
-            *last = Instant::now();
-        }
-        Python::attach(|py| {
-            let outcome = py.check_signals().and_then(|()| match &progress {
-                Some(cb) => cb.call1(py, (stage, done, total)).map(drop),
-                None => Ok(()),
-            });
-            match outcome {
-                Ok(()) => true,
-                Err(e) => {
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    false
-                }
-            }
-        })
-    };
-    let result = py.detach(|| scan_process(pid, &opts, &report));
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    let scan = result.map_err(errors::to_py)?;
+    let bridge = ProgressBridge::new(progress);
+    let result = py.detach(|| scan_process(pid, &opts, &|s, d, t| bridge.report(s, d, t)));
+    let scan = bridge.finish(result, errors::to_py)?;
     frames::process_scan_to_dict(py, scan)
+}
+
+/// Reads and hashes every page of a memory image (raw, ELF core, LiME; detected by magic
+/// unless `format` names one). Returns `frames` (pfn, hash, zero), `format`, `pages` and
+/// `segments` (list of (paddr, bytes)).
+#[pyfunction]
+#[pyo3(signature = (path, *, format=None, threads=0, progress=None))]
+fn image_frames<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    format: Option<String>,
+    threads: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let format = match format.as_deref() {
+        None => None,
+        Some(name) => Some(ImageFormat::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown image format {name:?}: use raw, elf or lime"))
+        })?),
+    };
+    let bridge = ProgressBridge::new(progress);
+    let result = py.detach(|| {
+        let image = PhysImage::open(&path, format)?;
+        let table = in_pool(threads, || image.hash_frames(&|d, t| bridge.report("hash", d, t)))
+            .map_err(|source| ImageError::Io { path: path.clone(), source })??;
+        Ok((image, table))
+    });
+    let (image, table) = bridge.finish(result, errors::image_to_py)?;
+    frames::image_to_dict(py, &image, table)
 }
 
 /// glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
@@ -81,7 +84,7 @@ fn fix_mmap_threshold() {
 #[pymodule]
 mod _dedupx {
     #[pymodule_export]
-    use super::scan_process_frames;
+    use super::{image_frames, scan_process_frames};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

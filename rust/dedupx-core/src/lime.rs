@@ -1,0 +1,86 @@
+//! LiME memory dumps: a sequence of (32-byte header, range bytes) records.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// "LiME" read as a little-endian u32.
+pub const LIME_MAGIC: u32 = 0x4C69_4D45;
+const HEADER_LEN: u64 = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimeRange {
+    pub paddr: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimeError {
+    #[error("record at byte {0} has no LiME magic")]
+    BadMagic(u64),
+    #[error("record at byte {0} has LiME version {1} (only 1 is known)")]
+    BadVersion(u64, u32),
+    #[error("record at byte {0} has its end address before its start")]
+    BadRange(u64),
+    #[error("record at byte {at} needs {need} bytes but the file ends first")]
+    Truncated { at: u64, need: u64 },
+    #[error("cannot read: {0}")]
+    Io(String),
+}
+
+pub fn is_lime(magic: &[u8]) -> bool {
+    magic.len() >= 4 && u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == LIME_MAGIC
+}
+
+pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeError> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < file_len {
+        if file_len - at < HEADER_LEN {
+            return Err(LimeError::Truncated {
+                at,
+                need: HEADER_LEN,
+            });
+        }
+        let mut h = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut h, at)
+            .map_err(|e| LimeError::Io(e.to_string()))?;
+        if !is_lime(&h) {
+            return Err(LimeError::BadMagic(at));
+        }
+        let version = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        if version != 1 {
+            return Err(LimeError::BadVersion(at, version));
+        }
+        let start = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let end = u64::from_le_bytes(h[16..24].try_into().unwrap_or_default());
+        if end < start {
+            return Err(LimeError::BadRange(at));
+        }
+        let len = end - start + 1; // LiME's end address is inclusive
+        let data = at + HEADER_LEN;
+        if file_len - data < len {
+            return Err(LimeError::Truncated {
+                at,
+                need: HEADER_LEN + len,
+            });
+        }
+        out.push(LimeRange {
+            paddr: start,
+            len,
+            offset: data,
+        });
+        at = data + len;
+    }
+    Ok(out)
+}
+
+/// The 32-byte header of one range (test and fixture helper).
+pub fn range_header(paddr: u64, len: u64) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[0..4].copy_from_slice(&LIME_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&1u32.to_le_bytes());
+    h[8..16].copy_from_slice(&paddr.to_le_bytes());
+    h[16..24].copy_from_slice(&(paddr + len - 1).to_le_bytes());
+    h
+}
