@@ -35,12 +35,6 @@ const COALESCE_GAP: u64 = 4;
 /// Upper bound for one run so that the work spreads over threads and buffers stay small.
 const MAX_RUN: u64 = 32 * 1024;
 
-/// Per-PFN metadata, in the order of the PFNs asked for.
-pub struct PageMeta {
-    pub flags: Vec<u64>,
-    pub count: Vec<u64>,
-}
-
 pub struct KpageFiles {
     flags: File,
     count: File,
@@ -64,29 +58,35 @@ impl KpageFiles {
         })
     }
 
-    /// Reads flags and counts for `pfns`, which must be sorted and distinct.
-    pub fn read(&self, pfns: &[u64]) -> Result<PageMeta> {
-        debug_assert!(pfns.windows(2).all(|w| w[0] < w[1]));
-        let runs = coalesce(pfns);
-        let parts: Vec<(Vec<u64>, Vec<u64>)> = runs
-            .par_iter()
-            .map(|run| {
-                let slice = &pfns[run.first_idx..run.end_idx];
-                let flags = read_run(&self.flags, &self.flags_path, run.start, run.len, slice)?;
-                let count = read_run(&self.count, &self.count_path, run.start, run.len, slice)?;
-                Ok((flags, count))
-            })
-            .collect::<Result<_>>()?;
-        let mut meta = PageMeta {
-            flags: Vec::with_capacity(pfns.len()),
-            count: Vec::with_capacity(pfns.len()),
-        };
-        for (f, c) in parts {
-            meta.flags.extend(f);
-            meta.count.extend(c);
-        }
-        Ok(meta)
+    /// Reads the flags of `pfns`, which must be sorted and distinct.
+    pub fn read_flags(&self, pfns: &[u64]) -> Result<Vec<u64>> {
+        read_file(&self.flags, &self.flags_path, pfns)
     }
+
+    /// Reads the map counts of `pfns`, which must be sorted and distinct. Copying a page
+    /// does not change its map count, so unlike flags these may be read after contents.
+    pub fn read_counts(&self, pfns: &[u64]) -> Result<Vec<u64>> {
+        read_file(&self.count, &self.count_path, pfns)
+    }
+}
+
+/// One u64 per PFN from a kpage* file, read in parallel coalesced runs straight into
+/// the result.
+fn read_file(file: &File, path: &Path, pfns: &[u64]) -> Result<Vec<u64>> {
+    debug_assert!(pfns.windows(2).all(|w| w[0] < w[1]));
+    let runs = coalesce(pfns);
+    let mut out = vec![0u64; pfns.len()];
+    let mut jobs = Vec::with_capacity(runs.len());
+    let mut rest = out.as_mut_slice();
+    for run in &runs {
+        let (head, tail) = rest.split_at_mut(run.end_idx - run.first_idx);
+        jobs.push((run, head));
+        rest = tail;
+    }
+    jobs.into_par_iter().try_for_each(|(run, dst)| {
+        read_run(file, path, run, &pfns[run.first_idx..run.end_idx], dst)
+    })?;
+    Ok(out)
 }
 
 struct Run {
@@ -117,27 +117,25 @@ fn coalesce(pfns: &[u64]) -> Vec<Run> {
     runs
 }
 
-fn read_run(file: &File, path: &Path, start: u64, len: u64, wanted: &[u64]) -> Result<Vec<u64>> {
-    let mut buf = vec![0u8; len as usize * 8];
+fn read_run(file: &File, path: &Path, run: &Run, wanted: &[u64], dst: &mut [u64]) -> Result<()> {
+    let mut buf = vec![0u8; run.len as usize * 8];
     let mut filled = 0;
     while filled < buf.len() {
         let n = file
-            .read_at(&mut buf[filled..], start * 8 + filled as u64)
+            .read_at(&mut buf[filled..], run.start * 8 + filled as u64)
             .map_err(|e| ScanError::from_kernel_io(path.to_path_buf(), e))?;
         if n == 0 {
             break; // past the end of physical memory: the rest stays 0
         }
         filled += n;
     }
-    Ok(wanted
-        .iter()
-        .map(|&pfn| {
-            let off = ((pfn - start) * 8) as usize;
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&buf[off..off + 8]);
-            u64::from_ne_bytes(word)
-        })
-        .collect())
+    for (d, &pfn) in dst.iter_mut().zip(wanted) {
+        let off = ((pfn - run.start) * 8) as usize;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&buf[off..off + 8]);
+        *d = u64::from_ne_bytes(word);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

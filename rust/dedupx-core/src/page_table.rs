@@ -1,7 +1,6 @@
 //! The `pages` frame as column vectors, ready to become Arrow buffers without copying.
 
 use crate::bitmap::BitVec;
-use crate::kpageflags::PageMeta;
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::pagemap::PagemapEntry;
 
@@ -70,7 +69,8 @@ pub fn assemble(
     vaddr: Vec<u64>,
     entries: Vec<PagemapEntry>,
     mut uidx: Vec<u32>,
-    meta: PageMeta,
+    flags: Vec<u64>,
+    counts: Vec<u64>,
     contents: Contents,
 ) -> PageTable {
     let n = entries.len();
@@ -92,8 +92,8 @@ pub fn assemble(
             .map(|&u| if u == NO_HASH { 0 } else { values[u as usize] })
             .collect()
     };
-    let kpageflags = per_pfn(meta.flags);
-    let mapcount = per_pfn(meta.count);
+    let kpageflags = per_pfn(flags);
+    let mapcount = per_pfn(counts);
     // uidx becomes hash_slot in place: the slot of a page is its PFN's index, if hashed.
     for u in uidx.iter_mut() {
         if *u != NO_HASH && !contents.hashed[*u as usize] {

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Result, ScanError};
 use crate::PAGE_SIZE;
@@ -40,8 +41,10 @@ impl PagemapEntry {
     }
 }
 
+/// An open pagemap; clones share the file.
+#[derive(Clone)]
 pub struct Pagemap {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     pid: u32,
 }
@@ -50,7 +53,11 @@ impl Pagemap {
     pub fn open(proc_root: &Path, pid: u32) -> Result<Self> {
         let path = proc_root.join(pid.to_string()).join("pagemap");
         let file = File::open(&path).map_err(|e| ScanError::from_proc_io(pid, path.clone(), e))?;
-        Ok(Self { file, path, pid })
+        Ok(Self {
+            file: Arc::new(file),
+            path,
+            pid,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -2,19 +2,19 @@
 //!
 //! Flags are read before contents because copying a page can set its REFERENCED bit.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
-use crate::parallel::in_pool;
 use crate::kpageflags::KpageFiles;
 use crate::maps::{parse_smaps, Vma};
-use crate::page_contents::{hash_contents, MappedPages};
+use crate::page_contents::{hash_tasks, plan_process_reads, ProcessFiles};
 use crate::page_table::{assemble, Contents, PageTable};
 use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
 
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     let pagemap_ms = lap();
 
     check("kpageflags", 0, uniq.len() as u64)?;
-    let meta = kpage.read(&uniq)?;
+    let flags = kpage.read_flags(&uniq)?;
     check("kpageflags", uniq.len() as u64, uniq.len() as u64)?;
     let kpageflags_ms = lap();
 
@@ -133,34 +133,30 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         distinct_pfns: uniq.len() as u64,
         ..ScanStats::default()
     };
-    drop(uniq);
-    let contents = if opts.hash {
-        let pages = MappedPages {
-            vma_id: &vma_id,
-            vaddr: &vaddr,
-            entries: &entries,
-            uidx: &uidx,
-        };
-        // Only for pages under PROT_NONE, which process_vm_readv refuses.
-        let mem = File::open(dir.join("mem")).ok();
-        let (contents, cs) = hash_contents(
+    let mut contents = Contents::unread(flags.len());
+    if opts.hash {
+        let (tasks, unreadable) = plan_process_reads(
             pid,
-            &pagemap,
-            mem.as_ref(),
             &vmas,
-            &pages,
-            &meta.flags,
-            &check,
-        )?;
-        stats.hashed_pfns = cs.hashed_pfns;
-        stats.unreadable_pfns = cs.unreadable_pfns;
-        stats.vanished_pfns = cs.vanished_pfns;
-        contents
-    } else {
-        Contents::unread(meta.flags.len())
-    };
+            &vma_id,
+            &vaddr,
+            &entries,
+            &uidx,
+            &flags,
+            &mut contents,
+        );
+        let zero_pages = contents.hashed.iter().filter(|&&h| h).count() as u64;
+        let files = ProcessFiles::open(root, pid)?;
+        let access = |_| Ok(files.clone());
+        let read = hash_tasks(&tasks, &uniq, &mut contents, &access, false, &check)?;
+        stats.hashed_pfns = read.hashed + zero_pages;
+        stats.unreadable_pfns = unreadable;
+        stats.vanished_pfns = read.vanished;
+    }
     let hash_ms = lap();
-    let pages = assemble(vma_id, vaddr, entries, uidx, meta, contents);
+    let counts = kpage.read_counts(&uniq)?;
+    drop(uniq);
+    let pages = assemble(vma_id, vaddr, entries, uidx, flags, counts, contents);
     stats.stage_ms = [pagemap_ms, kpageflags_ms, hash_ms, lap()];
     Ok(ProcessScan {
         info,

@@ -56,14 +56,21 @@ fn image_frames<'py>(
     let format = match format.as_deref() {
         None => None,
         Some(name) => Some(ImageFormat::parse(name).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown image format {name:?}: use raw, elf or lime"))
+            PyValueError::new_err(format!(
+                "unknown image format {name:?}: use raw, elf or lime"
+            ))
         })?),
     };
     let bridge = ProgressBridge::new(progress);
     let result = py.detach(|| {
         let image = PhysImage::open(&path, format)?;
-        let table = in_pool(threads, || image.hash_frames(&|d, t| bridge.report("hash", d, t)))
-            .map_err(|source| ImageError::Io { path: path.clone(), source })??;
+        let table = in_pool(threads, || {
+            image.hash_frames(&|d, t| bridge.report("hash", d, t))
+        })
+        .map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })??;
         Ok((image, table))
     });
     let (image, table) = bridge.finish(result, errors::image_to_py)?;

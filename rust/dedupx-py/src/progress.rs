@@ -47,7 +47,11 @@ impl ProgressBridge {
 
     /// The callback's own exception (or KeyboardInterrupt) wins over the core's
     /// "interrupted"; otherwise the core's error is converted by `convert`.
-    pub fn finish<T, E>(self, result: Result<T, E>, convert: impl FnOnce(E) -> PyErr) -> PyResult<T> {
+    pub fn finish<T, E>(
+        self,
+        result: Result<T, E>,
+        convert: impl FnOnce(E) -> PyErr,
+    ) -> PyResult<T> {
         if let Some(e) = self.failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
