@@ -1,7 +1,7 @@
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
-__all__ = ["PAGE_SIZE", "__version__", "image_frames", "scan_process_frames"]
+__all__ = ["PAGE_SIZE", "HostSnapshot", "__version__", "image_frames", "scan_process_frames"]
 
 __version__: str
 PAGE_SIZE: int
@@ -21,3 +21,24 @@ def image_frames(
     threads: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]: ...
+
+@final
+class HostSnapshot:
+    def __new__(
+        cls,
+        *,
+        proc_root: str | None = None,
+        dev_root: str | None = None,
+        threads: int = 0,
+        hash: bool = True,
+        phys: str | None = None,
+        iomem: str | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> HostSnapshot: ...
+    def stats(self) -> dict[str, Any]: ...
+    def processes(self) -> Any: ...
+    def vmas(self) -> Any: ...
+    def process_count(self) -> int: ...
+    def pages(self, index: int) -> Any: ...
+    def ram_ranges(self) -> list[tuple[int, int]]: ...
+    def frames(self, start: int, end: int) -> Any: ...

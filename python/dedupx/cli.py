@@ -7,23 +7,30 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from dedupx import __version__
-from dedupx.exceptions import DedupxError
+from dedupx.exceptions import DedupxError, DedupxIOError
 from dedupx.parquet_output import write_frames
 from dedupx.process_report import process_report
 from dedupx.process_scan import ProgressCallback, scan
-from dedupx.render import render_process_report
+from dedupx.render import render_process_report, render_snapshot_report
+from dedupx.snapshot import open_snapshot
+from dedupx.snapshot_report import snapshot_report
 
 STAGES = {
+    "processes": "reading processes",
     "pagemap": "reading page tables",
     "kpageflags": "reading page flags",
     "hash": "hashing pages",
+    "pages": "writing pages",
+    "frames": "writing frames",
 }
 
 
@@ -142,6 +149,140 @@ def scan_cmd(
             console.print(f"Scanned in {seconds:.2f} s on {report['threads']} threads.")
             if parquet_dir:
                 console.print(f"Frames written to {parquet_dir}")
+
+    run_guarded(work)
+
+
+def default_snapshot_dir() -> str:
+    return time.strftime("dedupx-snapshot-%Y%m%d-%H%M%S")
+
+
+@main.command("snapshot")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="New directory to write (default: ./dedupx-snapshot-DATE-TIME).",
+)
+@click.option("--threads", default=0, help="Worker threads (default: one per core).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--proc-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where the host's procfs is mounted (default /proc).",
+)
+def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str | None) -> None:
+    """Capture the whole host into a snapshot directory: every process (processes, vmas,
+    pages) and every page of System RAM (frames) with its flags and, wherever its bytes can
+    be read, its hash. Physical memory is read from /proc/kcore, /dev/crash or /dev/mem when
+    one is readable; otherwise every page some process maps is hashed, each once, and the
+    manifest says what was not covered. The directory appears only when complete (0600).
+    """
+    from dedupx.host_snapshot import snapshot
+
+    out = output or default_snapshot_dir()
+
+    def work() -> None:
+        with progress_bar(not quiet) as update:
+            path = snapshot(out, threads=threads, progress=update, proc_root=proc_root)
+        m = json.loads((path / "manifest.json").read_text())
+        c = m["coverage"]
+        click.echo(
+            f"Snapshot written to {path}: {m['rows']['pages']:,} mapped pages of "
+            f"{m['processes']} processes, {c['pages_hashed']:,} of {c['pages_of_ram']:,} "
+            f"pages of RAM hashed via {c['source']}."
+        )
+
+    run_guarded(work)
+
+
+@main.command("image")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="New snapshot directory to write (default: FILE.dedupx).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["raw", "elf", "lime"]),
+    help="Image format (default: detected by magic; anything not ELF or LiME is raw).",
+)
+@click.option("--threads", default=0, help="Worker threads (default: one per core).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quiet: bool) -> None:
+    """Turn a memory image into a snapshot whose frames are keyed by physical page number:
+    raw flat dumps, ELF cores (QEMU dump-guest-memory, copies of /proc/kcore, vmcores) and
+    LiME. Zero pages and sparse holes are recognised without hashing them."""
+    from dedupx.memory_image import image_snapshot
+
+    out = output or f"{file}.dedupx"
+
+    def work() -> None:
+        with progress_bar(not quiet) as update:
+            path = image_snapshot(file, out, format=fmt, threads=threads, progress=update)
+        m = json.loads((path / "manifest.json").read_text())
+        click.echo(
+            f"Snapshot written to {path}: {m['rows']['frames']:,} pages "
+            f"({m['coverage']['zero_pages']:,} zero) from a {m['image']['format']} image."
+        )
+
+    run_guarded(work)
+
+
+@main.command("analyze")
+@click.argument("snapshot_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--top", default=10, show_default=True, help="How many rows in the top lists.")
+def analyze_cmd(snapshot_dir: str, as_json: bool, top: int) -> None:
+    """Analyse a saved snapshot: footprint per process and per group (each VM, containers
+    by cgroup, other host processes), host-wide duplicates by kind with KSM's reach, the
+    most duplicated contents and where they live, and coverage."""
+
+    def work() -> None:
+        report = snapshot_report(open_snapshot(snapshot_dir), top=top)
+        if as_json:
+            click.echo(json.dumps(report, default=str))
+        else:
+            render_snapshot_report(report, Console())
+
+    run_guarded(work)
+
+
+@main.command("compare")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compare_cmd(a: str, b: str, as_json: bool) -> None:
+    """Compare two captures (snapshot directories or memory images): how many of B's frames
+    hold content that A also holds (shared) and how many do not (b_only: B's incremental
+    cost given A). For two guests' dumps, or one guest before and after."""
+    from dedupx.analysis.compare import compare
+
+    def work() -> None:
+        for p in (a, b):
+            if not Path(p).exists():
+                raise DedupxIOError(f"{p} does not exist")
+        row = compare(a, b).row(0, named=True)
+        if as_json:
+            click.echo(json.dumps(row))
+            return
+        t = Table(title=f"B = {b} against A = {a}", title_justify="left")
+        t.add_column("")
+        t.add_column("frames", justify="right")
+        t.add_column("MiB", justify="right")
+        t.add_column("distinct contents", justify="right")
+        for label, f, c in (
+            ("A", row["a_frames"], row["a_contents"]),
+            ("B", row["b_frames"], row["b_contents"]),
+            ("B shared with A", row["shared"], row["shared_contents"]),
+            ("B only (incremental cost)", row["b_only"], row["b_only_contents"]),
+        ):
+            t.add_row(label, f"{f:,}", f"{f * 4096 / 2**20:,.1f}", f"{c:,}")
+        Console().print(t)
 
     run_guarded(work)
 

@@ -9,6 +9,8 @@ KPF_REFERENCED = 2
 KPF_DIRTY = 4
 KPF_LRU = 5
 KPF_ACTIVE = 6
+KPF_SLAB = 7
+KPF_BUDDY = 10
 KPF_MMAP = 11
 KPF_ANON = 12
 KPF_SWAPCACHE = 13
@@ -21,6 +23,7 @@ KPF_NOPAGE = 20
 KPF_KSM = 21
 KPF_THP = 22
 KPF_ZERO_PAGE = 24
+KPF_PGTABLE = 26
 
 
 def flag(bit: int, column: str = "kpageflags") -> pl.Expr:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ FrameSource = pl.DataFrame | Iterable[pl.DataFrame]
 def write_frames(
     target: str | os.PathLike[str],
     frames: dict[str, FrameSource],
-    manifest: dict[str, Any],
+    manifest: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> Path:
     """Writes each frame as ``NAME.parquet`` (or, given an iterable of chunks, as
     ``NAME/part-*.parquet``, streamed) and ``manifest.json`` with the files and their row
-    counts added, into ``target``.
+    counts added, into ``target``. ``manifest`` may be a function, called once the frames
+    are written (for figures only known then).
 
     Everything goes into a hidden temporary sibling first, which is renamed into place
     only when complete: a full disk or a kill leaves no directory that looks finished.
@@ -56,7 +57,8 @@ def write_frames(
                 files[name] = name
         mpath = tmp / "manifest.json"
         with open(mpath, "w", encoding="utf-8") as f:
-            json.dump({**manifest, "files": files, "rows": rows}, f, indent=2, default=str)
+            m = manifest() if callable(manifest) else manifest
+            json.dump({**m, "files": files, "rows": rows}, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(mpath, 0o600)

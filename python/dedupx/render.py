@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 MIB = 1024 * 1024
@@ -21,7 +22,7 @@ def _pages(n: int, page_size: int) -> tuple[str, str]:
 def render_process_report(r: dict[str, Any], console: Console) -> None:
     ps = r["page_size"]
     cmd = " ".join(r["cmdline"])[:100] or r["comm"]
-    console.print(f"[bold]PID {r['pid']}[/bold] ({r['comm']}): {cmd}")
+    console.print(f"[bold]PID {r['pid']}[/bold] ({escape(r['comm'])}): {escape(cmd)}")
 
     fp = r["footprint"]
     t = Table(title="Footprint (MiB)", title_justify="left")
@@ -89,7 +90,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for g in r["top_duplicates"]:
-            where = ", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else "")
+            where = escape(", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else ""))
             label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
             t.add_row(
                 label, str(g["frames"]), str(g["anon"]), str(g["file"]), f"{g['total']:,}", where
@@ -102,3 +103,87 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         f"hashed ({c['hashed_share']:.1%}) via {c['source']}; "
         f"{c['unreadable_pfns']:,} unreadable, {c['vanished_pfns']:,} changed during the scan."
     )
+
+
+def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
+    ps = 4096
+    console.print(
+        f"[bold]Snapshot[/bold] {r['path']} ({r['kind']}, {r['hostname']}, kernel "
+        f"{r['kernel']}, {r['created']}); source: {r['source']}"
+    )
+    if "groups" in r:
+        t = Table(title="Footprint by group (MiB)", title_justify="left")
+        for col, just in (
+            ("group", "left"),
+            ("processes", "right"),
+            ("RSS", "right"),
+            ("PSS", "right"),
+            ("USS", "right"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for g in r["groups"]:
+            t.add_row(
+                g["group"],
+                str(g["processes"]),
+                _mib(g["rss_bytes"]),
+                _mib(g["pss_bytes"]),
+                _mib(g["uss_bytes"]),
+            )
+        console.print(t)
+        t = Table(title="Largest processes by PSS (MiB)", title_justify="left")
+        for col, just in (
+            ("pid", "right"),
+            ("comm", "left"),
+            ("kind", "left"),
+            ("RSS", "right"),
+            ("PSS", "right"),
+            ("USS", "right"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for p in r["processes"]:
+            t.add_row(
+                str(p["pid"]),
+                p["comm"] or "",
+                p["kind"] or "",
+                _mib(p["rss_bytes"]),
+                _mib(p["pss_bytes"]),
+                _mib(p["uss_bytes"]),
+            )
+        console.print(t)
+    d = r["duplicates"]
+    t = Table(title="Duplicate contents: what perfect merging would save", title_justify="left")
+    t.add_column("kind")
+    t.add_column("pages", justify="right")
+    t.add_column("MiB", justify="right")
+    for key, label in (
+        ("anon_anon", "anon/anon"),
+        ("file_file", "file/file"),
+        ("anon_file", "anon/file"),
+        ("total", "total"),
+        ("zero_content", "  of which zero-filled"),
+        ("ksm_reachable", "KSM-reachable (anon, mergeable)"),
+    ):
+        v = d.get(key)
+        t.add_row(label, *(_pages(v, ps) if v is not None else ("n/a", "n/a")))
+    console.print(t)
+    if r["top_duplicates"]:
+        t = Table(title="Top duplicated contents", title_justify="left")
+        for col, just in (
+            ("hash", "left"),
+            ("copies", "right"),
+            ("saves", "right"),
+            ("where", "left"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for g in r["top_duplicates"]:
+            where = escape(", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else ""))
+            label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
+            t.add_row(label, str(g["frames"]), f"{g['total']:,}", where)
+        console.print(t)
+    c = r["coverage"]
+    if c:
+        missing = ", ".join(f"{k} {v:,}" for k, v in c.get("not_covered", {}).items() if v)
+        console.print(
+            f"Coverage: {c.get('pages_hashed', 0):,} of {c.get('pages_of_ram', 0):,} pages "
+            f"hashed via {c.get('source')}" + (f"; not covered: {missing}" if missing else "")
+        )

@@ -58,9 +58,9 @@ def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
             ((pl.col("anon") > 0) & (pl.col("file") > 0)).cast(pl.Int64).alias("anon_file"),
             (pl.col("eligible").cast(pl.Int64) - 1).clip(0).alias("ksm_reachable"),
         )
-        .with_columns(
-            (pl.col("anon_anon") + pl.col("file_file") + pl.col("anon_file")).alias("total")
-        )
+        # Every frame is anon or file, so a + f - 1 is frames - 1; written so it holds for
+        # memory images too, whose frames carry no flags to tell anon from file.
+        .with_columns((pl.col("frames").cast(pl.Int64) - 1).alias("total"))
     )
 
 

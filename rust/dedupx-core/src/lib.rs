@@ -5,6 +5,7 @@
 pub mod bitmap;
 pub mod elf_core;
 pub mod error;
+pub mod host_scan;
 pub mod iomem;
 pub mod kpageflags;
 pub mod lime;

@@ -369,6 +369,49 @@ impl PhysImage {
     }
 }
 
+/// The first readable live source of physical memory, in the order acquisition tools try
+/// them: /proc/kcore, /dev/crash, /dev/mem. Each is probed by reading a page of System RAM
+/// above 1 MiB (STRICT_DEVMEM kernels refuse that for /dev/mem). Returns the source, or
+/// None with one line per source saying why it was not used.
+pub fn open_live(
+    proc_root: &Path,
+    dev_root: &Path,
+    ram: &[(u64, u64)],
+) -> (Option<PhysImage>, Vec<String>) {
+    let mut why = Vec::new();
+    let probe_pfn = ram
+        .iter()
+        .map(|&(a, b)| (a.max(1 << 20).div_ceil(PAGE), b / PAGE))
+        .find(|(a, b)| a < b)
+        .map(|(a, _)| a);
+    let candidates: [(PathBuf, ImageFormat); 3] = [
+        (proc_root.join("kcore"), ImageFormat::Kcore),
+        (dev_root.join("crash"), ImageFormat::DevCrash),
+        (dev_root.join("mem"), ImageFormat::DevMem),
+    ];
+    for (path, format) in candidates {
+        let opened = match format {
+            ImageFormat::Kcore => PhysImage::open_kcore(&path, ram),
+            _ => PhysImage::open_identity(&path, format, ram),
+        };
+        let img = match opened {
+            Ok(img) => img,
+            Err(e) => {
+                why.push(e.to_string());
+                continue;
+            }
+        };
+        let mut page = vec![0u8; PAGE_SIZE];
+        match probe_pfn.map(|pfn| img.read_page(pfn, &mut page)) {
+            Some(Ok(true)) => return (Some(img), why),
+            Some(Ok(false)) => why.push(format!("{} does not cover System RAM", path.display())),
+            Some(Err(e)) => why.push(format!("cannot read {}: {e}", path.display())),
+            None => why.push("no System RAM above 1 MiB in iomem".to_string()),
+        }
+    }
+    (None, why)
+}
+
 impl FrameTable {
     pub fn len(&self) -> usize {
         self.pfn.len()

@@ -15,6 +15,7 @@ use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 
 use dedupx_core::bitmap::BitVec;
+use dedupx_core::host_scan::LOCAL;
 use dedupx_core::maps::Vma;
 use dedupx_core::page_table::{PageTable, NO_HASH};
 use dedupx_core::phys_image::{FrameTable, PhysImage};
@@ -54,13 +55,13 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     Ok(out)
 }
 
-fn table(batch: Result<RecordBatch, ArrowError>) -> PyResult<PyTable> {
+pub fn table(batch: Result<RecordBatch, ArrowError>) -> PyResult<PyTable> {
     let batch = batch.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let schema = batch.schema();
     PyTable::try_new(vec![batch], schema)
 }
 
-fn u64s(values: Vec<u64>, valid: Option<NullBuffer>) -> ArrayRef {
+pub fn u64s(values: Vec<u64>, valid: Option<NullBuffer>) -> ArrayRef {
     Arc::new(UInt64Array::new(ScalarBuffer::from(values), valid))
 }
 
@@ -78,53 +79,92 @@ fn bits(b: BitVec) -> BooleanBuffer {
     BooleanBuffer::new(Buffer::from_vec(words), 0, len)
 }
 
-fn bit_column(b: BitVec, valid: Option<NullBuffer>) -> ArrayRef {
+pub fn bit_column(b: BitVec, valid: Option<NullBuffer>) -> ArrayRef {
     Arc::new(BooleanArray::new(bits(b), valid))
 }
 
 /// Most slots per Arrow data buffer: view offsets are u32 and each hash takes 16 bytes.
-const SLOTS_PER_BUFFER: u32 = 1 << 27;
+const SLOTS_PER_BUFFER: usize = 1 << 27;
 
-/// The hash column as a BinaryView array whose views point into the per-PFN hashes, so a
-/// hash is stored once however many pages map its PFN, and polars takes it without a copy.
-fn hash_column(slots: Vec<u32>, hashes: Vec<u8>) -> Result<(ArrayRef, NullBuffer), ArrowError> {
-    let valid = NullBuffer::new(slots.iter().map(|&s| s != NO_HASH).collect());
-    let views: Vec<u128> = slots
-        .iter()
-        .map(|&s| {
-            if s == NO_HASH {
-                return 0;
-            }
-            let at = s as usize * 16;
+/// Per-PFN hashes (16 bytes per slot) as Arrow buffers that hash columns point into, so a
+/// hash is stored once however many rows name its PFN, and polars takes it without a copy.
+#[derive(Clone)]
+pub struct HashStore {
+    buffers: Vec<Buffer>,
+}
+
+impl HashStore {
+    pub fn new(hashes: Vec<u8>) -> Self {
+        let all = Buffer::from_vec(hashes);
+        let chunk = SLOTS_PER_BUFFER * 16;
+        let buffers = (0..all.len().div_ceil(chunk))
+            .map(|i| all.slice_with_length(i * chunk, chunk.min(all.len() - i * chunk)))
+            .collect();
+        Self { buffers }
+    }
+
+    /// A BinaryView column: row i holds slot `slots[i]`'s hash, or null for NO_HASH. With
+    /// `local`, slots marked LOCAL index those hashes instead.
+    pub fn column(
+        &self,
+        slots: &[u32],
+        local: Option<Vec<u8>>,
+    ) -> Result<(ArrayRef, NullBuffer), ArrowError> {
+        let valid = NullBuffer::new(slots.iter().map(|&s| s != NO_HASH).collect());
+        let local_index = self.buffers.len() as u32;
+        let local_bytes = local.as_deref().unwrap_or(&[]);
+        let view = |data: &[u8], buffer_index: u32, offset: usize| {
             ByteView {
                 length: 16,
                 prefix: u32::from_le_bytes([
-                    hashes[at],
-                    hashes[at + 1],
-                    hashes[at + 2],
-                    hashes[at + 3],
+                    data[offset],
+                    data[offset + 1],
+                    data[offset + 2],
+                    data[offset + 3],
                 ]),
-                buffer_index: s / SLOTS_PER_BUFFER,
-                offset: (s % SLOTS_PER_BUFFER) * 16,
+                buffer_index,
+                offset: offset as u32,
             }
             .as_u128()
-        })
-        .collect();
-    drop(slots);
-    let all = Buffer::from_vec(hashes);
-    let chunk = SLOTS_PER_BUFFER as usize * 16;
-    let buffers: Vec<Buffer> = (0..all.len().div_ceil(chunk))
-        .map(|i| all.slice_with_length(i * chunk, chunk.min(all.len() - i * chunk)))
-        .collect();
-    let array = BinaryViewArray::try_new(ScalarBuffer::from(views), buffers, Some(valid.clone()))?;
-    Ok((Arc::new(array), valid))
+        };
+        let views: Vec<u128> = slots
+            .iter()
+            .map(|&s| {
+                if s == NO_HASH {
+                    0
+                } else if local.is_some() && s & LOCAL != 0 {
+                    view(local_bytes, local_index, (s & !LOCAL) as usize * 16)
+                } else {
+                    let (b, at) = (
+                        s as usize / SLOTS_PER_BUFFER,
+                        s as usize % SLOTS_PER_BUFFER * 16,
+                    );
+                    view(self.buffers[b].as_slice(), b as u32, at)
+                }
+            })
+            .collect();
+        let mut buffers = self.buffers.clone();
+        if let Some(l) = local {
+            buffers.push(Buffer::from_vec(l));
+        }
+        let array =
+            BinaryViewArray::try_new(ScalarBuffer::from(views), buffers, Some(valid.clone()))?;
+        Ok((Arc::new(array), valid))
+    }
 }
 
 /// The constant `pid` column is added on the Python side, where polars keeps it as a
 /// scalar instead of 4 bytes per row.
-fn pages_batch(t: PageTable) -> Result<RecordBatch, ArrowError> {
+fn pages_batch(mut t: PageTable) -> Result<RecordBatch, ArrowError> {
+    let store = HashStore::new(std::mem::take(&mut t.hashes));
+    pages_batch_with(t, &store)
+}
+
+/// The pages batch with hashes taken from `store` (shared by all of a host's processes).
+pub fn pages_batch_with(t: PageTable, store: &HashStore) -> Result<RecordBatch, ArrowError> {
     let present = NullBuffer::new(bits(t.present.clone()));
-    let (hash, hashed) = hash_column(t.hash_slot, t.hashes)?;
+    let (hash, hashed) = store.column(&t.hash_slot, None)?;
+    drop(t.hash_slot);
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("vma_id", u32s(t.vma_id)),
         ("vaddr", u64s(t.vaddr, None)),
@@ -142,13 +182,17 @@ fn pages_batch(t: PageTable) -> Result<RecordBatch, ArrowError> {
 }
 
 fn vmas_batch(pid: u32, vmas: &[Vma]) -> Result<RecordBatch, ArrowError> {
+    batch(vmas_columns(pid, vmas))
+}
+
+pub fn vmas_columns(pid: u32, vmas: &[Vma]) -> Vec<(&'static str, ArrayRef)> {
     let n = vmas.len();
     let strs = |f: &dyn Fn(&Vma) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(vmas.iter().map(f)))
     };
     let nums = |f: &dyn Fn(&Vma) -> u64| u64s(vmas.iter().map(f).collect(), None);
     let mergeable: Vec<bool> = vmas.iter().map(Vma::mergeable).collect();
-    let columns: Vec<(&str, ArrayRef)> = vec![
+    vec![
         ("pid", u32s(vec![pid; n])),
         ("vma_id", u32s((0..n as u32).collect())),
         ("start", nums(&|v| v.start)),
@@ -165,11 +209,10 @@ fn vmas_batch(pid: u32, vmas: &[Vma]) -> Result<RecordBatch, ArrowError> {
         ("pss_bytes", nums(&|v| v.pss_kb * 1024)),
         ("swap_bytes", nums(&|v| v.swap_kb * 1024)),
         ("anon_huge_bytes", nums(&|v| v.anon_huge_kb * 1024)),
-    ];
-    batch(columns)
+    ]
 }
 
-fn batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
+pub fn batch(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, a)| {
@@ -196,7 +239,9 @@ pub fn image_to_dict<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
     let slots: Vec<u32> = (0..t.len() as u32).collect();
-    let (hash, _) = hash_column(slots, t.hashes).map_err(arrow_err)?;
+    let (hash, _) = HashStore::new(t.hashes)
+        .column(&slots, None)
+        .map_err(arrow_err)?;
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("pfn", u64s(t.pfn, None)),
         ("hash", hash),
@@ -210,6 +255,6 @@ pub fn image_to_dict<'py>(
     Ok(out)
 }
 
-fn arrow_err(e: ArrowError) -> PyErr {
+pub fn arrow_err(e: ArrowError) -> PyErr {
     PyRuntimeError::new_err(e.to_string())
 }

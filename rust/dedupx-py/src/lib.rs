@@ -3,6 +3,7 @@
 
 mod errors;
 mod frames;
+mod host;
 
 mod progress;
 
@@ -92,6 +93,8 @@ fn fix_mmap_threshold() {
 mod _dedupx {
     #[pymodule_export]
     use super::{image_frames, scan_process_frames};
+    #[pymodule_export]
+    use crate::host::HostSnapshot;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
