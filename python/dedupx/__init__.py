@@ -6,6 +6,8 @@ from dedupx._dedupx import __version__
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint
 from dedupx.exceptions import (
+    CorruptImage,
+    CorruptSnapshot,
     DedupxError,
     DedupxIOError,
     KernelUnsupported,
@@ -15,10 +17,18 @@ from dedupx.exceptions import (
     ProcessGone,
     ProcessNotFound,
     ProcParseError,
+    SnapshotVersionError,
 )
+from dedupx.analysis.compare import compare
+from dedupx.host_snapshot import snapshot
+from dedupx.memory_image import MemoryImage, image_snapshot, read_image
 from dedupx.process_scan import ProcessScan, scan
+from dedupx.snapshot import Snapshot, open_snapshot
+from dedupx.snapshot_report import snapshot_report
 
 __all__ = [
+    "CorruptImage",
+    "CorruptSnapshot",
     "DedupxError",
     "DedupxIOError",
     "KernelUnsupported",
@@ -28,10 +38,19 @@ __all__ = [
     "ProcParseError",
     "ProcessGone",
     "ProcessNotFound",
+    "MemoryImage",
     "ProcessScan",
+    "Snapshot",
+    "SnapshotVersionError",
     "__version__",
+    "compare",
     "duplicates",
     "footprint",
+    "image_snapshot",
+    "open_snapshot",
+    "read_image",
     "scan",
+    "snapshot",
+    "snapshot_report",
     "top_duplicates",
 ]

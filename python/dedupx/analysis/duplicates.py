@@ -21,9 +21,18 @@ SAVING_COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 
 def hashed_frames(data: Any, vmas: FrameLike | None = None) -> pl.LazyFrame:
     """Distinct hashed PFNs in scope: ``pfn``, ``hash``, ``kpageflags``, ``zero``, ``anon``,
-    ``ksm_eligible``, and the ``paths``/``kinds`` of the VMAs that map them."""
+    ``ksm_eligible``, and the ``paths``/``kinds`` of the VMAs that map them.
+
+    For a snapshot that has a ``frames`` frame (a host or an image), every hashed frame is
+    in scope, mapped or not; otherwise the frames its pages map."""
+    if isinstance(getattr(data, "frames", None), pl.LazyFrame):
+        return _snapshot_frames(data)
     pages, vmas_lf = pages_and_vmas(data, vmas)
-    pages = with_vma_columns(pages, vmas_lf)
+    return _mapped_frames(pages, vmas_lf)
+
+
+def _mapped_frames(pages: pl.LazyFrame, vmas: pl.LazyFrame | None) -> pl.LazyFrame:
+    pages = with_vma_columns(pages, vmas)
     return (
         pages.filter(pl.col("present") & pl.col("hash").is_not_null() & ~is_zero_page())
         .with_columns((flag(KPF_ANON) & pl.col("mergeable").fill_null(False)).alias("ksm_eligible"))
@@ -35,6 +44,44 @@ def hashed_frames(data: Any, vmas: FrameLike | None = None) -> pl.LazyFrame:
             pl.col("kind").unique().alias("kinds"),
         )
         .with_columns(is_anon().alias("anon"))
+    )
+
+
+def _snapshot_frames(snap: Any) -> pl.LazyFrame:
+    frames = snap.frames.filter(pl.col("hash").is_not_null())
+    if "kpageflags" not in frames.collect_schema().names():  # an image: no flags, no mappings
+        return frames.select(
+            "pfn",
+            "hash",
+            "zero",
+            pl.lit(None, dtype=pl.UInt64).alias("kpageflags"),
+            pl.lit(False).alias("ksm_eligible"),
+            pl.lit(["[image]"]).alias("paths"),
+            pl.lit(["image"]).alias("kinds"),
+            pl.lit(None, dtype=pl.Boolean).alias("anon"),
+        )
+    frames = frames.filter(~is_zero_page())
+    if snap.pages is None:
+        return frames.select(
+            "pfn",
+            "hash",
+            "kpageflags",
+            "zero",
+            pl.lit(False).alias("ksm_eligible"),
+            pl.lit(["[unmapped]"]).alias("paths"),
+            pl.lit(["unmapped"]).alias("kinds"),
+            is_anon().alias("anon"),
+        )
+    where = _mapped_frames(snap.pages, snap.vmas).select("pfn", "ksm_eligible", "paths", "kinds")
+    return (
+        frames.select("pfn", "hash", "kpageflags", "zero")
+        .join(where, on="pfn", how="left")
+        .with_columns(
+            pl.col("ksm_eligible").fill_null(False),
+            pl.col("paths").fill_null(pl.lit(["[unmapped]"])),
+            pl.col("kinds").fill_null(pl.lit(["unmapped"])),
+            is_anon().alias("anon"),
+        )
     )
 
 
