@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dedupx._dedupx import __version__
+from dedupx.analysis.compare import compare
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint
 from dedupx.exceptions import (
@@ -19,7 +20,6 @@ from dedupx.exceptions import (
     ProcParseError,
     SnapshotVersionError,
 )
-from dedupx.analysis.compare import compare
 from dedupx.host_snapshot import snapshot
 from dedupx.memory_image import MemoryImage, image_snapshot, read_image
 from dedupx.process_scan import ProcessScan, scan
@@ -32,13 +32,13 @@ __all__ = [
     "DedupxError",
     "DedupxIOError",
     "KernelUnsupported",
+    "MemoryImage",
     "OutputError",
     "PermissionDenied",
     "PfnHidden",
     "ProcParseError",
     "ProcessGone",
     "ProcessNotFound",
-    "MemoryImage",
     "ProcessScan",
     "Snapshot",
     "SnapshotVersionError",
