@@ -85,20 +85,24 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-@pytest.fixture
-def layout(page_layout_bin: Path, tmp_path: Path) -> Iterator[LayoutProcess]:
-    """A process holding the standard test layout (see test_scan_duplicates.py)."""
+def fixture_spec() -> dict[str, list[bytes]]:
+    """The standard layout: unique, copied, all-equal, zero-filled, file and shmem pages."""
     rng = random.Random(20261126)
     u = [random_page(rng) for _ in range(5)]
     x, y, f, w = (random_page(rng) for _ in range(4))
     z, s, m = fill_page(0), fill_page(0xAB), fill_page(0x5C)
-    spec = {
+    return {
         "anon.bin": [u[0], u[1], x, x, x, z, z, s, s, s, s, y],
         "mergeable.bin": [x, m, m, u[2], z],
         "file.bin": [y, f, f, u[3], x],
         "shm.bin": [w, w, s, u[4]],
     }
-    lp = start_layout(page_layout_bin, tmp_path / "layout", spec, zeroread=3)
+
+
+@pytest.fixture
+def layout(page_layout_bin: Path, tmp_path: Path) -> Iterator[LayoutProcess]:
+    """A process holding the standard test layout (see test_scan_duplicates.py)."""
+    lp = start_layout(page_layout_bin, tmp_path / "layout", fixture_spec(), zeroread=3)
     try:
         yield lp
     finally:

@@ -1,0 +1,181 @@
+"""Whole-host snapshots: what they hold, how they are written, how damage is reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import blake3
+import polars as pl
+import pytest
+
+import dedupx
+from dedupx.exceptions import CorruptSnapshot, SnapshotVersionError
+
+from conftest import PAGE
+from test_errors import assert_one_line_error, run_cli
+
+MANIFEST_KEYS = {
+    "format_version",
+    "dedupx_version",
+    "created",
+    "hostname",
+    "kernel",
+    "page_size",
+    "source",
+    "coverage",
+    "command",
+    "files",
+    "rows",
+}
+
+
+@pytest.fixture(scope="module")
+def host_snapshot_dir(
+    tmp_path_factory: pytest.TempPathFactory, page_layout_bin: Path, request: pytest.FixtureRequest
+) -> tuple[Path, dict[int, bytes], int]:
+    """One snapshot of this host taken while a layout process runs; returns the snapshot,
+    the layout's vaddr -> content, and its PID."""
+    from conftest import fixture_spec, start_layout, stop
+
+    work = tmp_path_factory.mktemp("snap")
+    lp = start_layout(page_layout_bin, work / "layout", fixture_spec(), zeroread=3)
+    try:
+        out = work / "host.snap"
+        res = run_cli("snapshot", "-o", str(out), "--quiet")
+        assert res.returncode == 0, res.stderr
+        contents = {va: c for va, (_, c) in lp.page_contents().items()}
+        return out, contents, lp.pid
+    finally:
+        stop(lp.proc)
+
+
+def test_snapshot_manifest_and_modes(host_snapshot_dir: tuple[Path, dict[int, bytes], int]) -> None:
+    out, _, _ = host_snapshot_dir
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m) >= MANIFEST_KEYS
+    assert m["format_version"] == 1 and m["page_size"] == PAGE and m["kind"] == "host"
+    assert m["kernel"] == os.uname().release
+    cov = m["coverage"]
+    assert cov["pages_of_ram"] == m["rows"]["frames"]
+    assert 0 < cov["pages_hashed"] <= cov["pages_of_ram"]
+    assert cov["pages_hashed"] + sum(cov["not_covered"].values()) == cov["pages_of_ram"]
+    if not Path("/proc/kcore").exists():
+        assert "mapped pages only" in cov["source"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_snapshot_holds_the_process_pages(
+    host_snapshot_dir: tuple[Path, dict[int, bytes], int],
+) -> None:
+    out, contents, pid = host_snapshot_dir
+    snap = dedupx.open_snapshot(out)
+    procs = snap.processes.collect() if snap.processes is not None else pl.DataFrame()
+    me = procs.filter(pl.col("pid") == pid).row(0, named=True)
+    assert me["comm"] == "page_layout" and me["kind"] == "process"
+    assert snap.pages is not None
+    pages = snap.pages.filter(pl.col("pid") == pid).collect()
+    laid = pages.filter(pl.col("vaddr").is_in(list(contents)))
+    assert laid.height == len(contents)
+    for row in laid.iter_rows(named=True):
+        assert row["hash"] == blake3.blake3(contents[row["vaddr"]]).digest()[:16]
+    # frames: the same PFNs, the same hashes, marked mapped.
+    f = snap.frames.join(laid.lazy().select("pfn", pl.col("hash").alias("h")), on="pfn").collect()
+    assert f.height == laid["pfn"].n_unique()
+    assert (f["hash"] == f["h"]).all() and f["mapped"].all()
+    # The fixture's duplicates are among the host's.
+    host = dedupx.duplicates(snap).row(0, named=True)
+    assert host["anon_anon"] >= 11 and host["file_file"] >= 1
+
+
+def test_analyze_reports_groups(host_snapshot_dir: tuple[Path, dict[int, bytes], int]) -> None:
+    out, _, _ = host_snapshot_dir
+    res = run_cli("analyze", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["coverage"]["pages_hashed"] > 0
+    assert {"anon_anon", "file_file", "anon_file", "total"} <= set(r["duplicates"])
+    assert any(g["group"] == "host processes" for g in r["groups"])
+    assert r["total_pss_bytes"] == sum(g["pss_bytes"] for g in r["groups"])
+    res = run_cli("analyze", str(out))
+    assert res.returncode == 0 and "Footprint by group" in res.stdout
+
+
+def test_killed_snapshot_leaves_nothing_complete(tmp_path: Path) -> None:
+    out = tmp_path / "killed.snap"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dedupx", "snapshot", "-o", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill it while it writes: as soon as its temporary directory has a file in it.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        partial = list(tmp_path.glob(".killed.snap.*.partial"))
+        if partial and any(partial[0].rglob("*.parquet")):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the snapshot finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    partial = list(tmp_path.glob(".killed.snap.*.partial"))
+    assert partial, "the temporary directory is where the kill found it"
+    for p in [out, *partial]:
+        with pytest.raises(CorruptSnapshot):
+            dedupx.open_snapshot(p)
+
+
+def small_snapshot(tmp_path: Path) -> Path:
+    img = tmp_path / "img.raw"
+    img.write_bytes(bytes(PAGE) + b"\x01" * PAGE)
+    return dedupx.image_snapshot(img, tmp_path / "s")
+
+
+def test_newer_format_is_refused(tmp_path: Path) -> None:
+    s = small_snapshot(tmp_path)
+    m = json.loads((s / "manifest.json").read_text())
+    m["format_version"] = 99
+    (s / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SnapshotVersionError):
+        dedupx.open_snapshot(s)
+    assert_one_line_error(run_cli("analyze", str(s)), 9, "format 99", "upgrade dedupx")
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    s = small_snapshot(tmp_path)
+    frames = s / "frames.parquet"
+    data = frames.read_bytes()
+    frames.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptSnapshot):
+        dedupx.open_snapshot(s)
+    assert_one_line_error(run_cli("analyze", str(s)), 9, "damaged")
+    frames.unlink()
+    assert_one_line_error(run_cli("analyze", str(s)), 9, "missing")
+    (s / "manifest.json").unlink()
+    assert_one_line_error(run_cli("analyze", str(s)), 9, "no manifest.json")
+    assert_one_line_error(run_cli("analyze", str(tmp_path / "nothing")), 9, "not a snapshot")
+
+
+def test_full_disk_leaves_nothing(tmp_path: Path) -> None:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    try:
+        img = tmp_path / "img.raw"
+        with open(img, "wb") as f:
+            f.write(os.urandom(PAGE * 4096))  # 16 MiB of distinct pages: frames > 64 KiB
+        res = run_cli("image", str(img), "-o", str(mnt / "s"), "--quiet")
+        assert_one_line_error(res, 7, "cannot write")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
