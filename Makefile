@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # The process `make run` scans: the one with the largest resident set, unless PID=... is given.
 PID ?= $(shell ps -eo pid= --sort=-rss | head -n 1 | tr -d ' ')
-APT_PACKAGES := gcc util-linux procps
+APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio
 
 .PHONY: help setup build run test test-rs test-py lint bench fmt
 
