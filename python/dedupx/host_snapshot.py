@@ -15,10 +15,10 @@ from dedupx.parquet_output import write_frames
 from dedupx.process_scan import ProgressCallback
 from dedupx.snapshot import base_manifest
 
-# PFNs per frames chunk: ~10 MiB of columns at a time whatever the size of RAM.
-FRAMES_CHUNK = 1 << 18
-# Pages rows per Parquet part.
-PAGES_PART_ROWS = 1 << 20
+# PFNs per frames chunk, and pages rows per Parquet part: a few MiB of columns at a time,
+# whatever the size of RAM or the number of processes.
+FRAMES_CHUNK = 1 << 16
+PAGES_PART_ROWS = 1 << 16
 
 CONTAINER_CGROUP = r"docker|containerd|libpod|lxc|kubepods|crio|machine\.slice|podman"
 
@@ -117,12 +117,13 @@ def snapshot(
         for i in range(n):
             if progress:
                 progress("pages", i, n)
-            part = pl.DataFrame(hs.pages(i))
-            pending.append(part)
-            rows += part.height
-            if rows >= PAGES_PART_ROWS:
-                yield pl.concat(pending)
-                pending, rows = [], 0
+            for start, end in hs.page_windows(i, PAGES_PART_ROWS):
+                part = pl.DataFrame(hs.pages(i, start, end))
+                pending.append(part)
+                rows += part.height
+                if rows >= PAGES_PART_ROWS:
+                    yield pl.concat(pending)
+                    pending, rows = [], 0
         if pending:
             yield pl.concat(pending)
 

@@ -303,10 +303,40 @@ pub struct FrameChunk {
 pub const LOCAL: u32 = 1 << 31;
 
 impl HostScan {
-    /// The `pages` rows of one process: its pagemap read again, each row with its PFN's
-    /// pass-1 flags, count and hash. PFNs it maps now that pass 1 did not see get fresh
-    /// flags and counts and no hash.
-    pub fn process_pages(&self, kpage: &KpageFiles, p: &HostProcess) -> Result<PageTable> {
+    /// Address windows that split a process's mappings into pieces of at most `max_pages`
+    /// virtual pages, so that its `pages` rows can be produced a piece at a time.
+    pub fn page_windows(p: &HostProcess, max_pages: u64) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut used = 0;
+        for vma in p.vmas.iter().filter(|v| v.path != "[vsyscall]") {
+            let mut start = vma.start;
+            while start < vma.end {
+                let room = max_pages - used;
+                let end = vma.end.min(start + room * crate::PAGE_SIZE as u64);
+                match out.last_mut() {
+                    Some(last) if used > 0 => last.1 = end,
+                    _ => out.push((start, end)),
+                }
+                used += (end - start) / crate::PAGE_SIZE as u64;
+                if used >= max_pages {
+                    used = 0;
+                }
+                start = end;
+            }
+        }
+        out
+    }
+
+    /// The `pages` rows of one process within `[start, end)`: its pagemap read again, each
+    /// row with its PFN's pass-1 flags, count and hash. PFNs it maps now that pass 1 did
+    /// not see get fresh flags and counts and no hash.
+    pub fn process_pages(
+        &self,
+        kpage: &KpageFiles,
+        p: &HostProcess,
+        start: u64,
+        end: u64,
+    ) -> Result<PageTable> {
         let pid = p.info.pid;
         let mut vma_id = Vec::new();
         let mut vaddr = Vec::new();
@@ -317,9 +347,9 @@ impl HostScan {
                 .vmas
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.path != "[vsyscall]")
+                .filter(|(_, v)| v.path != "[vsyscall]" && v.end > start && v.start < end)
             {
-                pagemap.for_each_mapped(vma.start, vma.end, |va, e| {
+                pagemap.for_each_mapped(vma.start.max(start), vma.end.min(end), |va, e| {
                     vma_id.push(id as u32);
                     vaddr.push(va);
                     entries.push(e);
@@ -485,5 +515,48 @@ impl HostScan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{Vma, VmaKind};
+
+    fn vma(start_page: u64, pages: u64) -> Vma {
+        Vma {
+            start: start_page * 4096,
+            end: (start_page + pages) * 4096,
+            perms: "rw-p".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            path: String::new(),
+            kind: VmaKind::Anon,
+            vm_flags: Vec::new(),
+            rss_kb: 0,
+            pss_kb: 0,
+            swap_kb: 0,
+            anon_huge_kb: 0,
+        }
+    }
+
+    #[test]
+    fn page_windows_split_big_and_group_small_mappings() {
+        let p = HostProcess {
+            info: ProcInfo {
+                pid: 1,
+                ppid: 0,
+                comm: String::new(),
+                cmdline: Vec::new(),
+            },
+            cgroup: String::new(),
+            pid_ns: 0,
+            vmas: vec![vma(0, 3), vma(10, 4), vma(100, 25)],
+        };
+        let w = HostScan::page_windows(&p, 10);
+        let pages: Vec<(u64, u64)> = w.iter().map(|&(a, b)| (a / 4096, b / 4096)).collect();
+        // [0,3) and [10,14) share a window; [100,125) is cut after 3 more pages, then by 10s.
+        assert_eq!(pages, vec![(0, 103), (103, 113), (113, 123), (123, 125)]);
     }
 }

@@ -30,6 +30,15 @@ pub struct HostSnapshot {
     phys_notes: Vec<String>,
 }
 
+impl HostSnapshot {
+    fn process(&self, index: usize) -> PyResult<&dedupx_core::host_scan::HostProcess> {
+        self.scan
+            .processes
+            .get(index)
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(index))
+    }
+}
+
 #[pymethods]
 impl HostSnapshot {
     /// Scans every process (pass 1). `phys` names a physical memory source to use instead
@@ -175,15 +184,19 @@ impl HostSnapshot {
         self.scan.processes.len()
     }
 
-    /// The `pages` rows of the i-th process (pass 2), with a `pid` column.
-    fn pages(&self, py: Python<'_>, index: usize) -> PyResult<PyTable> {
-        let p = self
-            .scan
-            .processes
-            .get(index)
-            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(index))?;
+    /// Address windows of the i-th process of at most `max_pages` virtual pages each.
+    fn page_windows(&self, index: usize, max_pages: u64) -> PyResult<Vec<(u64, u64)>> {
+        Ok(HostScan::page_windows(
+            self.process(index)?,
+            max_pages.max(1),
+        ))
+    }
+
+    /// The `pages` rows of the i-th process in [start, end) (pass 2), with a `pid` column.
+    fn pages(&self, py: Python<'_>, index: usize, start: u64, end: u64) -> PyResult<PyTable> {
+        let p = self.process(index)?;
         let pid = p.info.pid;
-        let result = py.detach(|| self.scan.process_pages(&self.kpage, p));
+        let result = py.detach(|| self.scan.process_pages(&self.kpage, p, start, end));
         let pages = match result {
             Ok(t) => t,
             // Exited since pass 1: it simply has no pages now.

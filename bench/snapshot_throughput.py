@@ -1,0 +1,78 @@
+"""A whole-host snapshot while a 1 GiB process runs: GB/s of pages hashed, seconds, and the
+peak memory of the snapshot per hashed page (measured in a fresh process).
+
+usage: python bench/snapshot_throughput.py [--mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from scan_throughput import TARGET
+
+CHILD = r"""
+import json, os, sys, time, dedupx
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+out = sys.argv[1]
+dedupx.snapshot(out + ".warm")  # page in the code first (polars' writer too): not counted
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
+t0 = time.perf_counter()
+dedupx.snapshot(out)
+secs = time.perf_counter() - t0
+m = json.load(open(os.path.join(out, "manifest.json")))
+print(json.dumps({"seconds": secs, "peak": status("VmHWM") - before,
+                  "hashed": m["coverage"]["pages_hashed"], "ram": m["coverage"]["pages_of_ram"],
+                  "mapped_pages": m["rows"]["pages"]}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=1024)
+    args = ap.parse_args()
+    pages = args.mib * 1024 * 1024 // 4096
+    target = subprocess.Popen(
+        [sys.executable, "-c", TARGET, str(pages)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert target.stdout is not None
+        target.stdout.readline()
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+            res = subprocess.run(
+                [sys.executable, "-c", CHILD, os.path.join(d, "s")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        r = json.loads(res.stdout)
+        rate = r["hashed"] * 4096 / r["seconds"] / 1e9
+        per_page = r["peak"] / r["hashed"]
+        print(
+            f"snapshot: {r['seconds']:.2f} s, {r['hashed']:,} pages hashed of {r['ram']:,} "
+            f"({r['mapped_pages']:,} mapped pages rows)"
+        )
+        print(f"hashed pages: {rate:6.3f} GB/s; peak memory {per_page:.1f} bytes per hashed page")
+        print(
+            json.dumps(
+                {**r, "gbps": round(rate, 3), "peak_bytes_per_hashed_page": round(per_page, 1)}
+            )
+        )
+    finally:
+        target.kill()
+        target.wait()
+
+
+if __name__ == "__main__":
+    main()
