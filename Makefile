@@ -41,5 +41,5 @@ fmt: ## format Rust and Python sources
 	$(PYTHON) -m ruff format python tests bench
 	$(PYTHON) -m ruff check --fix python tests bench
 
-bench: setup ## throughput of a scan vs the straightforward per-page script (prints GB/s)
-	$(PYTHON) bench/scan_throughput.py
+bench: setup ## GB/s and peak memory of a scan, an image and a host snapshot
+	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py
