@@ -61,3 +61,69 @@ def test_image_cli_and_compare_with_itself(paused_guest: Guest, tmp_path: Path) 
     dump = paused_guest.dump_guest_memory(tmp_path / "guest.elf")
     res = dedupx.compare(dump, dump).row(0, named=True)
     assert res["b_only"] == 0 and res["shared"] == res["b_frames"] == res["a_frames"]
+
+
+def live_hashes_by_hva(scan: dedupx.ProcessScan) -> pl.DataFrame:
+    return scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash")
+
+
+def test_gpa_map_from_qmp_agrees_with_dump_on_every_page(
+    paused_guest: Guest, tmp_path: Path
+) -> None:
+    g = paused_guest
+    dump = g.dump_guest_memory(tmp_path / "guest.elf")
+    scan = dedupx.scan(g.pid)
+    gm = scan.gpa_map  # from the QMP socket on QEMU's command line
+    assert gm["source"][0].startswith("qmp:")
+    assert set(gm.columns) >= {"pid", "gpa", "hva", "pfn", "block"}
+    img = dedupx.read_image(dump).frames.select((pl.col("pfn") * PAGE).alias("gpa"), "hash")
+    joined = (
+        img.join(gm.select("gpa", "hva", "block"), on="gpa", how="left")
+        .join(live_hashes_by_hva(scan), on="hva", how="left", suffix="_live")
+        .with_columns(pl.col("hash_live").fill_null(ZERO))
+    )
+    # Every page QEMU dumped is in the map, and holds what the map says it holds.
+    assert joined["hva"].null_count() == 0
+    assert (joined["hash"] == joined["hash_live"]).all()
+    assert set(joined["block"]) >= {"pc.ram", "vga.vram", "pc.bios"}
+    # Where the host has a page, the map's PFN is the page's PFN.
+    with_pfn = gm.filter(pl.col("pfn").is_not_null())
+    assert with_pfn.height > 1000
+
+
+def test_gpa_map_from_cmdline_agrees_with_dump(paused_guest: Guest, tmp_path: Path) -> None:
+    from dedupx.qemu.cmdline import parse_qemu_cmdline
+    from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
+
+    g = paused_guest
+    dump = g.dump_guest_memory(tmp_path / "guest.elf")
+    scan = dedupx.scan(g.pid)
+    layout = layout_from_cmdline(parse_qemu_cmdline(scan.cmdline), scan.vmas)
+    assert "assumed pc layout" in layout.source
+    gm = gpa_map(g.pid, layout, scan.pages)
+    assert gm.height == (MEM_MIB << 20) // PAGE - 0x20000 // PAGE
+    img = dedupx.read_image(dump).frames.select((pl.col("pfn") * PAGE).alias("gpa"), "hash")
+    joined = (
+        gm.join(img, on="gpa", how="left")
+        .join(live_hashes_by_hva(scan), on="hva", how="left", suffix="_live")
+        .with_columns(pl.col("hash_live").fill_null(ZERO))
+    )
+    assert joined["hash"].null_count() == 0
+    assert (joined["hash"] == joined["hash_live"]).all()
+
+
+def test_not_a_guest(layout_pid_not_qemu: int) -> None:
+    with pytest.raises(dedupx.NotAGuest):
+        _ = dedupx.scan(layout_pid_not_qemu).gpa_map
+
+
+@pytest.fixture
+def layout_pid_not_qemu() -> Iterator[int]:
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -282,6 +283,50 @@ def compare_cmd(a: str, b: str, as_json: bool) -> None:
             ("B only (incremental cost)", row["b_only"], row["b_only_contents"]),
         ):
             t.add_row(label, f"{f:,}", f"{f * 4096 / 2**20:,.1f}", f"{c:,}")
+        Console().print(t)
+
+    run_guarded(work)
+
+
+@main.command("vms")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def vms_cmd(as_json: bool) -> None:
+    """List the QEMU/KVM guests on this host: PID, name (-name), RAM (-m), machine,
+    accelerator, whether KSM may merge their RAM (mem-merge, not a shared backend), memory
+    backends, QMP sockets, and footprint (RSS/PSS of the QEMU process)."""
+    from dedupx.qemu.guests import find_guests
+
+    def work() -> None:
+        rows = [g.row() for g in find_guests()]
+        if as_json:
+            click.echo(json.dumps(rows))
+            return
+        if not rows:
+            click.echo("No QEMU guests on this host.")
+            return
+        t = Table(title="QEMU guests", title_justify="left")
+        for col, just in (
+            ("pid", "right"),
+            ("name", "left"),
+            ("RAM MiB", "right"),
+            ("machine", "left"),
+            ("accel", "left"),
+            ("KSM merge", "left"),
+            ("RSS MiB", "right"),
+            ("PSS MiB", "right"),
+        ):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for r in rows:
+            t.add_row(
+                str(r["pid"]),
+                escape(str(r["name"] or "")),
+                f"{r['ram_bytes'] >> 20:,}",
+                escape(str(r["machine"])),
+                str(r["accel"]),
+                "yes" if r["mem_merge"] else "no",
+                f"{r['rss_bytes'] / 2**20:,.1f}",
+                f"{r['pss_bytes'] / 2**20:,.1f}",
+            )
         Console().print(t)
 
     run_guarded(work)

@@ -65,6 +65,18 @@ class SnapshotVersionError(CorruptSnapshot):
     """A snapshot written by a newer dedupx, in a format this version cannot read."""
 
 
+class NotAGuest(DedupxError, ValueError):
+    """The process is not a QEMU guest."""
+
+    exit_code = 10
+
+
+class QmpError(DedupxError):
+    """A QEMU monitor could not be reached or answered something unexpected."""
+
+    exit_code = 11
+
+
 class OutputError(DedupxError):
     """Results could not be written (full disk, unwritable directory, ...)."""
 
@@ -77,11 +89,13 @@ __all__ = [
     "DedupxError",
     "DedupxIOError",
     "KernelUnsupported",
+    "NotAGuest",
     "OutputError",
     "PermissionDenied",
     "PfnHidden",
     "ProcParseError",
     "ProcessGone",
     "ProcessNotFound",
+    "QmpError",
     "SnapshotVersionError",
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -29,6 +32,27 @@ class ProcessScan:
     vmas: pl.DataFrame
     pages: pl.DataFrame
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def gpa_map(self) -> pl.DataFrame:
+        """For a QEMU process: one row per guest page (``gpa`` → ``hva`` → ``pfn``), from
+        QEMU's own memory map over a QMP socket its command line names, else from the
+        command line (see ``guest_map`` to name a socket). Raises ``NotAGuest`` otherwise."""
+        return self.guest_map()
+
+    def guest_map(self, qmp: str | os.PathLike[str] | None = None) -> pl.DataFrame:
+        from dedupx.exceptions import NotAGuest
+        from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
+        from dedupx.qemu.gpa_map import gpa_map
+        from dedupx.qemu.guests import guest_layout
+
+        if not is_qemu(self.cmdline):
+            raise NotAGuest(f"PID {self.pid} ({self.comm}) is not a QEMU guest")
+        cfg = parse_qemu_cmdline(self.cmdline)
+        layout = guest_layout(cfg, self.vmas, Path(qmp) if qmp is not None else None)
+        return gpa_map(self.pid, layout, self.pages).with_columns(
+            pl.lit(layout.source).alias("source")
+        )
 
     @property
     def frames(self) -> pl.DataFrame:

@@ -1,0 +1,1 @@
+"""QEMU/KVM guests: finding them, reading their configuration, mapping guest memory."""

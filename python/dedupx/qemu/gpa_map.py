@@ -1,0 +1,149 @@
+"""The guest-physical → host map of a QEMU guest (what the study read from the EPT).
+
+From QEMU itself when a QMP socket answers: the flat view of the "memory" address space
+(`info mtree -f`) gives guest-physical ranges and their RAM blocks, and `gpa2hva` the host
+address of each. Otherwise from the command line, under a stated assumption: a `pc`/`q35`
+machine whose RAM is one anonymous mapping of exactly the `-m` size, laid out as QEMU does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from dedupx.exceptions import NotAGuest, QmpError
+from dedupx.qemu.cmdline import QemuConfig
+from dedupx.qemu.qmp import Qmp
+
+PAGE = 4096
+MTREE_LINE = re.compile(
+    r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (\w+(?:/\w+)?)\): (\S+)(?: @([0-9a-f]+))?"
+)
+GPA2HVA = re.compile(r"Host virtual address for 0x([0-9a-f]+) \((.*)\) is 0x([0-9a-f]+)")
+
+
+@dataclass(frozen=True)
+class GpaRange:
+    """``size`` bytes of guest-physical memory from ``gpa`` at host address ``hva``."""
+
+    gpa: int
+    size: int
+    hva: int
+    block: str
+
+
+@dataclass(frozen=True)
+class GpaLayout:
+    ranges: list[GpaRange]
+    source: str  # "qmp:PATH" or "cmdline (assumed ...)"
+
+
+def parse_mtree_ram(text: str) -> list[tuple[int, int, str]]:
+    """RAM and ROM ranges (start, end inclusive, region) of the flat view that serves the
+    "memory" address space (the first flat view when none names it)."""
+    views = [v for v in text.split("FlatView #") if v.strip()]
+    if not views:
+        raise QmpError("`info mtree -f` printed no flat view")
+    chosen = next((v for v in views if 'AS "memory"' in v), views[0])
+    out = []
+    for line in chosen.splitlines():
+        m = MTREE_LINE.match(line)
+        if m and m.group(3).split("/")[0] in ("ram", "rom", "romd"):
+            out.append((int(m.group(1), 16), int(m.group(2), 16), m.group(4)))
+    if not out:
+        raise QmpError("`info mtree -f` shows no RAM in the memory address space")
+    return out
+
+
+def layout_from_qmp(path: Path) -> GpaLayout:
+    ranges = []
+    with Qmp(path) as q:
+        for start, end, region in parse_mtree_ram(q.hmp("info mtree -f")):
+            answer = q.hmp(f"gpa2hva {start:#x}")
+            m = GPA2HVA.search(answer)
+            if not m:
+                continue  # a ROM device QEMU does not back with host memory
+            if int(m.group(1), 16) != start:
+                raise QmpError(f"gpa2hva answered for {m.group(1)} when asked for {start:#x}")
+            ranges.append(GpaRange(start, end + 1 - start, int(m.group(3), 16), region))
+    return GpaLayout(_whole_pages(ranges), f"qmp:{path}")
+
+
+def _whole_pages(ranges: list[GpaRange]) -> list[GpaRange]:
+    """Keeps whole guest pages; merges ranges that continue each other."""
+    out: list[GpaRange] = []
+    for r in sorted(ranges, key=lambda r: r.gpa):
+        lo = -(-r.gpa // PAGE) * PAGE
+        hi = (r.gpa + r.size) // PAGE * PAGE
+        if hi <= lo:
+            continue
+        r = GpaRange(lo, hi - lo, r.hva + (lo - r.gpa), r.block)
+        last = out[-1] if out else None
+        if (
+            last
+            and last.block == r.block
+            and last.gpa + last.size == r.gpa
+            and last.hva + last.size == r.hva
+        ):
+            out[-1] = GpaRange(last.gpa, last.size + r.size, last.hva, last.block)
+        else:
+            out.append(r)
+    return out
+
+
+def layout_from_cmdline(cfg: QemuConfig, vmas: pl.DataFrame) -> GpaLayout:
+    """QEMU's pc/q35 layout: RAM below the PCI hole (with the legacy VGA window at
+    0xa0000-0xbffff left out), the rest from 4 GiB; host addresses from the one anonymous
+    mapping of exactly the -m size."""
+    size = cfg.mem_bytes
+    exact = vmas.filter(
+        (pl.col("end") - pl.col("start") == size) & pl.col("kind").is_in(["anon", "shmem", "file"])
+    )
+    if exact.height != 1:
+        raise NotAGuest(
+            f"cannot find guest RAM: {exact.height} mappings have the -m size of {size} bytes; "
+            "give the guest's QMP socket instead"
+        )
+    base = int(exact["start"][0])
+    q35 = (cfg.machine or "pc").startswith(("q35", "pc-q35"))
+    if q35:
+        lowmem = 0x80000000 if size >= 0xB0000000 else size
+    else:
+        lowmem = 0xE0000000 if size >= 0xE0000000 else size
+    low = min(size, lowmem)
+    ranges = [GpaRange(0, 0xA0000, base, "pc.ram")]
+    if low > 0xC0000:
+        ranges.append(GpaRange(0xC0000, low - 0xC0000, base + 0xC0000, "pc.ram"))
+    if size > low:
+        ranges.append(GpaRange(1 << 32, size - low, base + low, "pc.ram"))
+    machine = "q35" if q35 else "pc"
+    return GpaLayout(
+        _whole_pages(ranges),
+        f"cmdline (assumed {machine} layout, RAM at the {size >> 20} MiB anonymous mapping)",
+    )
+
+
+def gpa_map(pid: int, layout: GpaLayout, pages: pl.DataFrame) -> pl.DataFrame:
+    """One row per guest page: ``pid``, ``gpa``, ``hva``, ``pfn`` (null where the host has
+    no page: never touched or swapped), ``block``."""
+    parts = [
+        pl.DataFrame(
+            {
+                "gpa": pl.int_range(r.gpa, r.gpa + r.size, PAGE, dtype=pl.UInt64, eager=True),
+                "hva": pl.int_range(r.hva, r.hva + r.size, PAGE, dtype=pl.UInt64, eager=True),
+            }
+        ).with_columns(pl.lit(r.block).alias("block"))
+        for r in layout.ranges
+    ]
+    frame = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(schema={"gpa": pl.UInt64, "hva": pl.UInt64, "block": pl.String})
+    )
+    present = pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "pfn")
+    return frame.join(present, on="hva", how="left").select(
+        pl.lit(pid, dtype=pl.UInt32).alias("pid"), "gpa", "hva", "pfn", "block"
+    )

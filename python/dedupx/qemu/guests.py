@@ -1,0 +1,94 @@
+"""Finding the QEMU guests on a host and how to map each one's memory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from dedupx.exceptions import NotAGuest, ProcessNotFound, QmpError
+from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
+from dedupx.qemu.gpa_map import GpaLayout, layout_from_cmdline, layout_from_qmp
+
+
+@dataclass(frozen=True)
+class GuestProcess:
+    pid: int
+    config: QemuConfig
+    rss_bytes: int
+    pss_bytes: int
+
+    def row(self) -> dict[str, object]:
+        c = self.config
+        return {
+            "pid": self.pid,
+            "name": c.name,
+            "ram_bytes": c.mem_bytes,
+            "machine": c.machine or "pc (default)",
+            "accel": c.accel,
+            "mem_merge": c.mem_merge and not any(b.file_backed for b in c.backends),
+            "backends": ",".join(
+                f"{b.id}:{b.kind}{'/shared' if b.share else ''}" for b in c.backends
+            ),
+            "qmp": ",".join(str(p) for p in c.qmp_sockets),
+            "rss_bytes": self.rss_bytes,
+            "pss_bytes": self.pss_bytes,
+        }
+
+
+def read_argv(pid: int, proc_root: str = "/proc") -> list[str]:
+    try:
+        raw = Path(proc_root, str(pid), "cmdline").read_bytes()
+    except FileNotFoundError:
+        raise ProcessNotFound(f"no process with PID {pid}") from None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def guest_config(pid: int, proc_root: str = "/proc") -> QemuConfig:
+    argv = read_argv(pid, proc_root)
+    if not is_qemu(argv):
+        what = os.path.basename(argv[0]) if argv else "a kernel thread"
+        raise NotAGuest(f"PID {pid} is {what}, not a QEMU guest")
+    return parse_qemu_cmdline(argv)
+
+
+def _rollup(pid: int, proc_root: str) -> tuple[int, int]:
+    vals = {}
+    try:
+        for line in Path(proc_root, str(pid), "smaps_rollup").read_text().splitlines()[1:]:
+            k, v = line.split(":", 1)
+            vals[k] = int(v.split()[0]) * 1024
+    except (OSError, ValueError):
+        return 0, 0
+    return vals.get("Rss", 0), vals.get("Pss", 0)
+
+
+def find_guests(proc_root: str = "/proc") -> list[GuestProcess]:
+    out = []
+    for entry in sorted(os.listdir(proc_root)):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            argv = read_argv(pid, proc_root)
+        except (ProcessNotFound, OSError):
+            continue
+        if is_qemu(argv):
+            rss, pss = _rollup(pid, proc_root)
+            out.append(GuestProcess(pid, parse_qemu_cmdline(argv), rss, pss))
+    return out
+
+
+def guest_layout(cfg: QemuConfig, vmas: pl.DataFrame, qmp: Path | None = None) -> GpaLayout:
+    """From QEMU over QMP when it answers (``qmp``, else a socket its command line names),
+    else from the command line. A socket the caller names must answer."""
+    if qmp is not None:
+        return layout_from_qmp(qmp)
+    for path in cfg.qmp_sockets:
+        try:
+            return layout_from_qmp(path)
+        except QmpError:
+            continue  # busy (QMP takes one client at a time) or gone: fall back
+    return layout_from_cmdline(cfg, vmas)
