@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -20,7 +21,7 @@ class GuestProcess:
     rss_bytes: int
     pss_bytes: int
 
-    def row(self) -> dict[str, object]:
+    def row(self) -> dict[str, Any]:
         c = self.config
         return {
             "pid": self.pid,
