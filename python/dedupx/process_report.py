@@ -52,6 +52,43 @@ def coverage(scan: ProcessScan) -> dict[str, Any]:
     }
 
 
+def guest_summary(scan: ProcessScan) -> dict[str, Any] | None:
+    """For a QEMU process: its configuration and how its guest-physical pages map to host
+    pages; None for other processes. A map that cannot be made is reported, not raised."""
+    from dedupx.exceptions import DedupxError
+    from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
+
+    if not is_qemu(scan.cmdline):
+        return None
+    cfg = parse_qemu_cmdline(scan.cmdline)
+    out: dict[str, Any] = {
+        "name": cfg.name,
+        "ram_bytes": cfg.mem_bytes,
+        "machine": cfg.machine,
+        "accel": cfg.accel,
+        "mem_merge": cfg.mem_merge,
+        "backends": [b.__dict__ for b in cfg.backends],
+        "drives": [str(d) for d in cfg.drives],
+    }
+    try:
+        gm = scan.gpa_map
+    except DedupxError as e:
+        out["gpa_map_error"] = str(e)
+        return out
+    backed = gm.filter(pl.col("pfn").is_not_null())
+    out["gpa_map_source"] = gm["source"][0] if gm.height else None
+    out["guest_pages"] = gm.height
+    out["backed_pages"] = backed.height
+    out["blocks"] = {
+        r["block"]: {"pages": r["pages"], "backed": r["backed"]}
+        for r in gm.group_by("block")
+        .agg(pl.len().alias("pages"), pl.col("pfn").is_not_null().sum().alias("backed"))
+        .sort("block")
+        .iter_rows(named=True)
+    }
+    return out
+
+
 def process_report(scan: ProcessScan, top: int = 10) -> dict[str, Any]:
     fp_rows = footprint(scan).to_dicts()
     fp = fp_rows[0] if fp_rows else {}
@@ -72,6 +109,7 @@ def process_report(scan: ProcessScan, top: int = 10) -> dict[str, Any]:
         "duplicates_mib": {k: dup[k] * PAGE_SIZE / MIB for k in (*SAVING_COLUMNS, "ksm_reachable")},
         "top_duplicates": tops,
         "coverage": coverage(scan),
+        "guest": guest_summary(scan),
         "vmas": scan.vmas.height,
         "threads": scan.stats.get("threads", 0),
     }

@@ -97,6 +97,27 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
             )
         console.print(t)
 
+    g = r.get("guest")
+    if g:
+        t = Table(title="Guest", title_justify="left")
+        t.add_column("")
+        t.add_column("", justify="right")
+        t.add_row("name", escape(str(g["name"] or "")))
+        t.add_row("RAM (-m)", f"{g['ram_bytes'] >> 20:,} MiB")
+        t.add_row("machine / accel", f"{g['machine'] or 'pc'} / {g['accel']}")
+        t.add_row("KSM may merge RAM (mem-merge)", "yes" if g["mem_merge"] else "no")
+        if "gpa_map_error" in g:
+            t.add_row("guest-physical map", escape(g["gpa_map_error"]))
+        else:
+            t.add_row("guest-physical map from", escape(str(g["gpa_map_source"])))
+            t.add_row(
+                "guest pages backed by a host page",
+                f"{g['backed_pages']:,} of {g['guest_pages']:,}",
+            )
+            for block, b in g["blocks"].items():
+                t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+        console.print(t)
+
     c = r["coverage"]
     console.print(
         f"Coverage: {c['hashed_pfns']:,} of {c['distinct_pfns']:,} distinct present frames "

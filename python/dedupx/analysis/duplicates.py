@@ -115,8 +115,8 @@ def duplicates(data: Any, vmas: FrameLike | None = None) -> pl.DataFrame:
     """One row of page counts: ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages
     perfect merging would save), ``ksm_reachable`` (of those, what KSM can merge),
     ``ksm_missed_file`` (file-backed copies), ``ksm_missed_not_mergeable`` (anon copies KSM
-    does not scan), ``ksm_reachable_thp`` (eligible duplicate frames KSM must first split out
-    of a THP), ``zero_content`` (savings from all-zero pages), ``frames`` (distinct hashed
+    does not scan), ``ksm_reachable_thp`` (of ``ksm_reachable``, copies held in a THP that
+    KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames`` (distinct hashed
     PFNs), ``groups`` (contents held by two or more frames)."""
     frames = hashed_frames(data, vmas)
     groups = duplicate_groups(frames)
@@ -125,9 +125,8 @@ def duplicates(data: Any, vmas: FrameLike | None = None) -> pl.DataFrame:
         pl.col("ksm_reachable").sum(),
         (pl.col("file_file") + pl.col("anon_file")).sum().alias("ksm_missed_file"),
         (pl.col("anon_anon") - pl.col("ksm_reachable")).sum().alias("ksm_missed_not_mergeable"),
-        pl.when(pl.col("eligible") > 1)
-        .then(pl.col("eligible_thp"))
-        .otherwise(0)
+        # Of the copies KSM would merge, those sitting in a THP it must split first.
+        pl.min_horizontal(pl.col("eligible_thp").cast(pl.Int64), pl.col("ksm_reachable"))
         .sum()
         .alias("ksm_reachable_thp"),
         pl.col("total").filter(pl.col("zero")).sum().alias("zero_content"),
