@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
+from dedupx.analysis.dedup_matrix import dedup_matrix
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint
+from dedupx.analysis.ksm import ksm_prediction
 from dedupx.exceptions import (
     CorruptImage,
     CorruptSnapshot,
@@ -48,9 +50,11 @@ __all__ = [
     "SnapshotVersionError",
     "__version__",
     "compare",
+    "dedup_matrix",
     "duplicates",
     "footprint",
     "image_snapshot",
+    "ksm_prediction",
     "open_snapshot",
     "read_image",
     "scan",

@@ -116,8 +116,8 @@ def duplicates(data: Any, vmas: FrameLike | None = None) -> pl.DataFrame:
     perfect merging would save), ``ksm_reachable`` (of those, what KSM can merge),
     ``ksm_missed_file`` (file-backed copies), ``ksm_missed_not_mergeable`` (anon copies KSM
     does not scan), ``ksm_reachable_thp`` (of ``ksm_reachable``, copies held in a THP that
-    KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames`` (distinct hashed
-    PFNs), ``groups`` (contents held by two or more frames)."""
+    KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames``
+    (distinct hashed PFNs), ``groups`` (contents held by two or more frames)."""
     frames = hashed_frames(data, vmas)
     groups = duplicate_groups(frames)
     row = groups.select(

@@ -1,0 +1,162 @@
+"""The dedup matrix of a target VM (the study's Table 6.4), as DESIGN.md defines it.
+
+V's frames are the PFNs V's QEMU process maps; another VM's frames are the PFNs another
+QEMU process maps that are not V's; host frames are all other hashed PFNs. For each content
+among V's frames: V's own extra copies count in ``within`` (split anon/anon, file/file,
+anon/file); V's remaining copy counts once in ``host`` if the host holds the content, else
+in ``vm`` if another VM does (the precedence is ``order``). KSM can reach a saving only
+where both copies are KSM-eligible (private anon in a mergeable VMA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from dedupx.analysis.duplicates import hashed_frames
+from dedupx.exceptions import NotAGuest
+from dedupx.kpageflags import KPF_THP, flag
+
+PAGE = 4096
+COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
+
+
+def _scoped_frames(data: Any, pid: int) -> pl.LazyFrame:
+    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host"."""
+    if getattr(data, "processes", None) is None or getattr(data, "pages", None) is None:
+        raise TypeError("dedup_matrix needs a host snapshot (processes, pages and frames)")
+    procs = data.processes.lazy() if isinstance(data.processes, pl.DataFrame) else data.processes
+    pages = data.pages.lazy() if isinstance(data.pages, pl.DataFrame) else data.pages
+    kinds = procs.select("pid", "kind")
+    if kinds.filter(pl.col("pid") == pid).select(pl.len()).collect().item() == 0:
+        raise NotAGuest(f"PID {pid} is not in this snapshot")
+    owners = (
+        pages.filter(pl.col("present"))
+        .select("pid", "pfn")
+        .join(kinds, on="pid", how="left")
+        .group_by("pfn")
+        .agg(
+            (pl.col("pid") == pid).any().alias("in_v"),
+            ((pl.col("kind") == "vm") & (pl.col("pid") != pid)).any().alias("in_vm"),
+        )
+    )
+    return (
+        hashed_frames(data)
+        .join(owners, on="pfn", how="left")
+        .with_columns(
+            pl.when(pl.col("in_v").fill_null(False))
+            .then(pl.lit("v"))
+            .when(pl.col("in_vm").fill_null(False))
+            .then(pl.lit("vm"))
+            .otherwise(pl.lit("host"))
+            .alias("scope"),
+            (pl.col("ksm_eligible") & flag(KPF_THP).fill_null(False)).alias("thp"),
+        )
+    )
+
+
+def dedup_matrix(data: Any, pid: int, order: tuple[str, str] = ("host", "vm")) -> pl.DataFrame:
+    """Rows ``within``, ``host``, ``vm`` (column ``row``); columns ``anon_anon``,
+    ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
+    (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
+    copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
+    ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
+    first, second = order
+    f = _scoped_frames(data, pid)
+    per = (
+        f.group_by("hash")
+        .agg(
+            *(
+                agg
+                for s in ("v", "host", "vm")
+                for agg in (
+                    (pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"a_{s}"),
+                    (~pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"f_{s}"),
+                    (pl.col("ksm_eligible") & (pl.col("scope") == s)).sum().alias(f"e_{s}"),
+                )
+            ),
+            (pl.col("thp") & (pl.col("scope") == "v")).sum().alias("t_v"),
+            pl.col("zero").first(),
+        )
+        .filter(pl.col("a_v") + pl.col("f_v") > 0)
+        .collect()
+    )
+    cast = {c: pl.Int64 for c in per.columns if c[:2] in ("a_", "f_", "e_", "t_")}
+    per = per.cast(cast)  # type: ignore[arg-type]
+    held = {s: (pl.col(f"a_{s}") + pl.col(f"f_{s}")) > 0 for s in ("host", "vm")}
+    partner = pl.when(held[first]).then(pl.lit(first)).when(held[second]).then(pl.lit(second))
+    per = per.with_columns(partner.alias("partner"))
+    a_p = (
+        pl.when(pl.col("partner") == first)
+        .then(pl.col(f"a_{first}"))
+        .otherwise(pl.col(f"a_{second}"))
+    )
+    f_p = (
+        pl.when(pl.col("partner") == first)
+        .then(pl.col(f"f_{first}"))
+        .otherwise(pl.col(f"f_{second}"))
+    )
+    e_p = (
+        pl.when(pl.col("partner") == first)
+        .then(pl.col(f"e_{first}"))
+        .otherwise(pl.col(f"e_{second}"))
+    )
+    per = per.with_columns(
+        ((pl.col("a_v") > 0) & (a_p > 0)).alias("p_aa"),
+        (((pl.col("a_v") == 0) | (a_p == 0)) & (pl.col("f_v") > 0) & (f_p > 0)).alias("p_ff"),
+        ((pl.col("e_v") > 0) & (e_p > 0)).alias("p_ksm"),
+    )
+
+    rows = []
+    within = per.select(
+        (pl.col("a_v") - 1).clip(0).sum().alias("anon_anon"),
+        (pl.col("f_v") - 1).clip(0).sum().alias("file_file"),
+        ((pl.col("a_v") > 0) & (pl.col("f_v") > 0)).sum().alias("anon_file"),
+        (pl.col("e_v") - 1).clip(0).sum().alias("ksm_reachable"),
+        pl.min_horizontal(pl.col("t_v"), (pl.col("e_v") - 1).clip(0)).sum().alias("thp"),
+        (pl.col("a_v") + pl.col("f_v") - 1).filter(pl.col("zero")).sum().alias("zero"),
+    ).row(0, named=True)
+    rows.append(_row("within", within))
+    for scope in ("host", "vm"):
+        p = per.filter(pl.col("partner") == scope)
+        col = (
+            pl.when(pl.col("p_aa"))
+            .then(pl.lit("aa"))
+            .when(pl.col("p_ff"))
+            .then(pl.lit("ff"))
+            .otherwise(pl.lit("af"))
+        )
+        r = (
+            p.with_columns(col.alias("col"))
+            .select(
+                (pl.col("col") == "aa").sum().alias("anon_anon"),
+                (pl.col("col") == "ff").sum().alias("file_file"),
+                (pl.col("col") == "af").sum().alias("anon_file"),
+                ((pl.col("col") == "aa") & pl.col("p_ksm")).sum().alias("ksm_reachable"),
+                ((pl.col("col") == "aa") & pl.col("p_ksm") & (pl.col("t_v") >= pl.col("e_v")))
+                .sum()
+                .alias("thp"),
+                pl.col("zero").sum().alias("zero"),
+            )
+            .row(0, named=True)
+        )
+        rows.append(_row(scope, r))
+    return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE / (1 << 20)).alias("mib"))
+
+
+def _row(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    aa, ff, af = (int(r[k] or 0) for k in ("anon_anon", "file_file", "anon_file"))
+    reach = int(r["ksm_reachable"] or 0)
+    return {
+        "row": name,
+        "anon_anon": aa,
+        "file_file": ff,
+        "anon_file": af,
+        "total": aa + ff + af,
+        "zero": int(r["zero"] or 0),
+        "ksm_reachable": reach,
+        "missed_file": ff + af,
+        "missed_not_mergeable": aa - reach,
+        "ksm_reachable_thp": int(r["thp"] or 0),
+    }

@@ -1,0 +1,47 @@
+"""What KSM would merge: a prediction to hold against its own counters.
+
+KSM merges private anonymous pages of MADV_MERGEABLE regions with equal content. A content
+held by E eligible frames ends as ⌈E / max_page_sharing⌉ KSM pages (each shared by at most
+max_page_sharing mappings), so KSM's ``pages_sharing`` gains E - ⌈E / max_page_sharing⌉.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dedupx.analysis.duplicates import hashed_frames
+from dedupx.kpageflags import KPF_THP, flag
+
+KSM_SYSFS = Path("/sys/kernel/mm/ksm")
+
+
+def max_page_sharing(sysfs: Path = KSM_SYSFS) -> int:
+    try:
+        return int((sysfs / "max_page_sharing").read_text())
+    except (OSError, ValueError):
+        return 256  # the kernel's default
+
+
+def ksm_prediction(data: Any, max_sharing: int | None = None) -> pl.DataFrame:
+    """One row: ``eligible_frames``, ``pages_sharing`` (what KSM's counter of that name
+    should reach once it has converged, if it can split THPs as it needs), ``pages_shared``
+    (KSM pages it would keep), and ``thp_frames`` (eligible frames now in THPs: merging
+    them needs a split first; where many are, KSM falls short of the prediction)."""
+    m = max_sharing or max_page_sharing()
+    eligible = hashed_frames(data).filter(pl.col("ksm_eligible"))
+    groups = eligible.group_by("hash").agg(
+        pl.len().cast(pl.Int64).alias("e"), flag(KPF_THP).fill_null(False).sum().alias("thp")
+    )
+    row = groups.select(
+        pl.col("e").sum().alias("eligible_frames"),
+        (pl.col("e") - (pl.col("e") + m - 1) // m)
+        .filter(pl.col("e") > 1)
+        .sum()
+        .alias("pages_sharing"),
+        ((pl.col("e") + m - 1) // m).filter(pl.col("e") > 1).sum().alias("pages_shared"),
+        pl.col("thp").sum().cast(pl.Int64).alias("thp_frames"),
+    ).collect()
+    return row.with_columns(pl.all().fill_null(0).cast(pl.Int64))

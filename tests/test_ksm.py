@@ -1,0 +1,90 @@
+"""KSM as an oracle: with guests paused and THP off, what KSM merges once it has converged
+must equal what dedupx predicts from a snapshot taken just before KSM was turned on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+import dedupx
+
+from guest_kit import Guest, ensure_packages, guest_assets
+
+KSM = Path("/sys/kernel/mm/ksm")
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def read(path: Path) -> str:
+    text = path.read_text().strip()
+    if "[" in text:  # "always [madvise] never": the bracketed one is in force
+        return text.split("[", 1)[1].split("]", 1)[0]
+    return text
+
+
+@contextmanager
+def sysfs(path: Path, value: str) -> Iterator[None]:
+    """Sets a sysfs knob and puts the previous value back, whatever happens."""
+    before = read(path)
+    path.write_text(value)
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+@contextmanager
+def ksm_running() -> Iterator[None]:
+    with ExitStack() as stack:
+        stack.enter_context(sysfs(KSM / "pages_to_scan", "5000"))
+        stack.enter_context(sysfs(KSM / "sleep_millisecs", "5"))
+        stack.enter_context(sysfs(KSM / "run", "1"))
+        try:
+            yield
+        finally:
+            (KSM / "run").write_text("2")  # unmerge everything before `run` is restored
+
+
+def merged_pages() -> int:
+    return int(read(KSM / "pages_sharing")) + int(read(KSM / "ksm_zero_pages"))
+
+
+def wait_converged(timeout: float = 180.0) -> int:
+    """Until pages_sharing stops changing across two more full scans."""
+    deadline = time.monotonic() + timeout
+    last, since_scans = -1, 0
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now, scans = merged_pages(), int(read(KSM / "full_scans"))
+        if now != last:
+            last, since_scans = now, scans
+        elif now > 0 and scans >= since_scans + 2:
+            return now
+    raise TimeoutError(f"KSM did not converge in {timeout} s (at {last} pages)")
+
+
+@pytest.mark.skipif(not KSM.exists(), reason="kernel without KSM")
+def test_ksm_merges_exactly_what_dedupx_predicts(tmp_path: Path) -> None:
+    ensure_packages()
+    assets = guest_assets(variant="a")
+    assert read(KSM / "run") == "0", "KSM must be off before the test (someone else uses it)"
+    with ExitStack() as stack:
+        stack.enter_context(sysfs(THP, "never"))  # before the guests allocate their RAM
+        guests = [
+            stack.enter_context(Guest(assets, mem_mib=256, name=f"k{i}", workdir=tmp_path))
+            for i in range(3)
+        ]
+        for g in guests:
+            g.stop()
+        snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "before-ksm"))
+        pred = dedupx.ksm_prediction(snap).row(0, named=True)
+        assert pred["thp_frames"] == 0
+        assert pred["pages_sharing"] > 10_000, pred
+        with ksm_running():
+            merged = wait_converged()
+        print(f"KSM merged {merged}, dedupx predicted {pred}")
+        assert abs(merged - pred["pages_sharing"]) <= 0.02 * pred["pages_sharing"], (merged, pred)
+    assert read(KSM / "run") == "0"
