@@ -103,7 +103,45 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
                 assert got[row]["total"] == sum(
                     want[row][c] for c in ("anon_anon", "file_file", "anon_file")
                 )
+        check_incremental_cost(snap, g2.pid, g2.ram_vma())
         twin = as_dict(dedupx.dedup_matrix(snap, g1.pid))
         # Two guests booted from the same kernel and initramfs share thousands of pages.
         assert twin["vm"]["anon_anon"] > 5_000
         assert twin["vm"]["ksm_reachable"] > 5_000
+
+
+def check_incremental_cost(snap: dedupx.Snapshot, v: int, ram: tuple[int, int]) -> None:
+    """The guest's exclusive PFNs and unique contents, counted by hand."""
+    assert snap.pages is not None
+    owners: dict[int, set[int]] = defaultdict(set)
+    vaddr_of: dict[int, list[int]] = defaultdict(list)
+    for pid, pfn, va, present in (
+        snap.pages.select("pid", "pfn", "vaddr", "present").collect().iter_rows()
+    ):
+        if present:
+            owners[pfn].add(pid)
+            if pid == v:
+                vaddr_of[pfn].append(va)
+    mine = {p for p, who in owners.items() if who == {v}}
+
+    # pc.ram below the VGA hole and above it (the cmdline layout of a pc machine).
+    def in_ram(va: int) -> bool:
+        off = va - ram[0]
+        return 0 <= off < ram[1] - ram[0] and not 0xA0000 <= off < 0xC0000
+
+    in_guest = {p for p in mine if any(in_ram(va) for va in vaddr_of[p])}
+    hashes = dict(
+        snap.frames.filter(pl.col("hash").is_not_null()).select("pfn", "hash").collect().iter_rows()
+    )
+    zero_pfns = set(
+        snap.frames.filter((pl.col("kpageflags") & (1 << KPF_ZERO_PAGE)) != 0)
+        .select("pfn")
+        .collect()["pfn"]
+    )
+    v_contents = {hashes[p] for p in vaddr_of if p in hashes and p not in zero_pfns}
+    other_contents = {h for p, h in hashes.items() if p not in vaddr_of and p not in zero_pfns}
+    got = dedupx.incremental_cost(snap, v)
+    assert got["pages"] == len(mine)
+    assert got["guest_ram_pages"] == len(in_guest)
+    assert got["qemu_pages"] == len(mine - in_guest)
+    assert got["unique_contents"] == len(v_contents - other_contents)

@@ -7,6 +7,7 @@ from dedupx.analysis.compare import compare
 from dedupx.analysis.dedup_matrix import dedup_matrix
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint
+from dedupx.analysis.incremental_cost import incremental_cost
 from dedupx.analysis.ksm import ksm_prediction
 from dedupx.exceptions import (
     CorruptImage,
@@ -54,6 +55,7 @@ __all__ = [
     "duplicates",
     "footprint",
     "image_snapshot",
+    "incremental_cost",
     "ksm_prediction",
     "open_snapshot",
     "read_image",
