@@ -45,7 +45,30 @@ BUSYBOX = Path("/bin/busybox")
 # MiB of seeded pseudo-random data in /payload.bin, so that guests of different variants
 # hold memory the others do not. The file stays in the initramfs root (a tmpfs): copying it
 # elsewhere would leave a second, stale copy in freed guest pages.
-VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8}
+VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0}
+
+# The "agent" variant runs dedupx-agent at boot and writes its file to a virtio serial port
+# (binary-clean, unlike a tty), whose host end is a file. The cloud kernel builds virtio as
+# modules, so they ride along in the initramfs.
+AGENT_MODULES = (
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/char/virtio_console.ko",
+)
+AGENT_RC = """\
+#!/bin/sh
+# Dependencies first whatever the order: a module whose symbols are not there yet loads on
+# a later pass.
+for pass in 1 2 3 4; do for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done; done
+for i in $(seq 50); do [ -e /dev/vport0p1 ] || [ -e /dev/vport1p1 ] && break; sleep 0.1; done
+port=$(ls /dev/vport*p1 | head -n 1)
+/bin/dedupx-agent -o "$port"
+echo "DEDUPX-AGENT-DONE rc=$?"
+"""
+AGENT_DONE_MARKER = "DEDUPX-AGENT-DONE"
 
 # PID 1 of the guest.
 INIT_SCRIPT = """\
@@ -54,6 +77,7 @@ INIT_SCRIPT = """\
 /bin/busybox --install -s /bin
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+[ -x /etc/rc.local ] && /etc/rc.local
 echo "DEDUPX-GUEST-READY variant=$(cat /etc/dedupx-variant) kernel=$(uname -r)"
 while :; do sleep 3600; done
 """
@@ -91,12 +115,54 @@ class GuestAssets(NamedTuple):
     initrd: Path
 
 
-def guest_assets(cache_dir: Path = DEFAULT_CACHE, variant: str = "a") -> GuestAssets:
-    """Kernel and initramfs for `variant`, built into `cache_dir` only when missing."""
+def guest_assets(
+    cache_dir: Path = DEFAULT_CACHE, variant: str = "a", agent: Path | None = None
+) -> GuestAssets:
+    """Kernel and initramfs for `variant`, built into `cache_dir` only when missing. The
+    "agent" variant needs the static `dedupx-agent` binary."""
     if variant not in VARIANT_PAYLOAD_MIB:
         raise ValueError(f"unknown guest variant {variant!r}; known: {list(VARIANT_PAYLOAD_MIB)}")
+    if (variant == "agent") != (agent is not None):
+        raise ValueError("the agent variant, and only it, takes the agent binary")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return GuestAssets(_kernel(cache_dir), _initrd(cache_dir, variant))
+    kernel = _kernel(cache_dir)
+    extra: list[tuple[str, int, bytes, int]] = []
+    if agent is not None:
+        mods = _modules(cache_dir, kernel)
+        extra = [
+            ("lib", 0o040755, b"", 0),
+            ("lib/modules", 0o040755, b"", 0),
+            *(
+                (f"lib/modules/{i}-{Path(m).name}", 0o100644, (mods / Path(m).name).read_bytes(), 0)
+                for i, m in enumerate(AGENT_MODULES)
+            ),
+            ("bin/dedupx-agent", 0o100755, agent.read_bytes(), 0),
+            ("etc/rc.local", 0o100755, AGENT_RC.encode(), 0),
+        ]
+    return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
+
+
+def _modules(cache_dir: Path, kernel: Path) -> Path:
+    """The virtio modules of the cached kernel, extracted from its package once."""
+    version = kernel.name.removeprefix("vmlinuz-")
+    dest = cache_dir / f"modules-{version}"
+    if dest.is_dir():
+        return dest
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".modules.") as tmp:
+        cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", f"linux-image-{version}"]
+        try:
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        except subprocess.CalledProcessError:
+            _apt_update_once()
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        (deb,) = Path(tmp).glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        out = Path(tmp, "out")
+        out.mkdir()
+        for m in AGENT_MODULES:
+            os.replace(Path(tmp, "x", "lib", "modules", version, "kernel", m), out / Path(m).name)
+        os.replace(out, dest)
+    return dest
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:
@@ -172,13 +238,14 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
     return bytes(out)
 
 
-def _initrd(cache_dir: Path, variant: str) -> Path:
+def _initrd(cache_dir: Path, variant: str, extra: list[tuple[str, int, bytes, int]]) -> Path:
     busybox = BUSYBOX.read_bytes()
     payload_mib = VARIANT_PAYLOAD_MIB[variant]
     key = hashlib.sha256(
         INIT_SCRIPT.encode()
         + hashlib.sha256(busybox).digest()
         + f"{variant}:{payload_mib}".encode()
+        + b"".join(hashlib.sha256(e[0].encode() + e[2]).digest() for e in extra)
     ).hexdigest()[:12]
     dest = cache_dir / f"initrd-{variant}-{key}.cpio.gz"
     if dest.exists():
@@ -192,6 +259,7 @@ def _initrd(cache_dir: Path, variant: str) -> Path:
         ("bin/sh", lnk, b"busybox", 0),
         ("init", 0o100755, INIT_SCRIPT.encode(), 0),
         ("etc/dedupx-variant", f, variant.encode() + b"\n", 0),
+        *extra,
     ]
     if payload_mib:
         rng = random.Random(f"dedupx-guest-{variant}")

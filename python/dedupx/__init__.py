@@ -10,6 +10,7 @@ from dedupx.analysis.footprint import footprint
 from dedupx.analysis.incremental_cost import incremental_cost
 from dedupx.analysis.ksm import ksm_prediction
 from dedupx.exceptions import (
+    CorruptAgentFile,
     CorruptImage,
     CorruptSnapshot,
     DedupxError,
@@ -25,6 +26,7 @@ from dedupx.exceptions import (
     QmpError,
     SnapshotVersionError,
 )
+from dedupx.guest_agent import GuestView, read_guest_agent
 from dedupx.host_snapshot import snapshot
 from dedupx.memory_image import MemoryImage, image_snapshot, read_image
 from dedupx.process_scan import ProcessScan, scan
@@ -32,10 +34,12 @@ from dedupx.snapshot import Snapshot, open_snapshot
 from dedupx.snapshot_report import snapshot_report
 
 __all__ = [
+    "CorruptAgentFile",
     "CorruptImage",
     "CorruptSnapshot",
     "DedupxError",
     "DedupxIOError",
+    "GuestView",
     "KernelUnsupported",
     "MemoryImage",
     "NotAGuest",
@@ -58,6 +62,7 @@ __all__ = [
     "incremental_cost",
     "ksm_prediction",
     "open_snapshot",
+    "read_guest_agent",
     "read_image",
     "scan",
     "snapshot",

@@ -1,7 +1,14 @@
 from collections.abc import Callable
 from typing import Any, final
 
-__all__ = ["PAGE_SIZE", "HostSnapshot", "__version__", "image_frames", "scan_process_frames"]
+__all__ = [
+    "PAGE_SIZE",
+    "HostSnapshot",
+    "__version__",
+    "image_frames",
+    "read_agent_file",
+    "scan_process_frames",
+]
 
 __version__: str
 PAGE_SIZE: int
@@ -14,6 +21,7 @@ def scan_process_frames(
     proc_root: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]: ...
+def read_agent_file(path: str) -> dict[str, Any]: ...
 def image_frames(
     path: str,
     *,

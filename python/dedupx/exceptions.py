@@ -65,6 +65,12 @@ class SnapshotVersionError(CorruptSnapshot):
     """A snapshot written by a newer dedupx, in a format this version cannot read."""
 
 
+class CorruptAgentFile(DedupxError, ValueError):
+    """A dedupx-agent file is truncated, damaged, or of an unknown version."""
+
+    exit_code = 12
+
+
 class NotAGuest(DedupxError, ValueError):
     """The process is not a QEMU guest."""
 
@@ -84,6 +90,7 @@ class OutputError(DedupxError):
 
 
 __all__ = [
+    "CorruptAgentFile",
     "CorruptImage",
     "CorruptSnapshot",
     "DedupxError",

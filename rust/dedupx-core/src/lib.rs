@@ -2,6 +2,7 @@
 //!
 //! No Python here: the binding crate converts these types, nothing more.
 
+pub mod agent_file;
 pub mod bitmap;
 pub mod elf_core;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Core errors become the Python `DedupxError` hierarchy, declared once in
 //! `dedupx/exceptions.py` so that classes can also subclass ValueError or PermissionError.
 
+use dedupx_core::agent_file::AgentFileError;
 use dedupx_core::phys_image::ImageError;
 use dedupx_core::ScanError;
 use pyo3::exceptions::PyKeyboardInterrupt;
@@ -36,5 +37,15 @@ pub fn image_to_py(err: ImageError) -> PyErr {
         ImageError::Open { .. } | ImageError::Io { .. } => DedupxIOError::new_err(msg),
         ImageError::Interrupted => PyKeyboardInterrupt::new_err(msg),
         _ => CorruptImage::new_err(msg),
+    }
+}
+
+pyo3::import_exception!(dedupx.exceptions, CorruptAgentFile);
+
+pub fn agent_to_py(err: AgentFileError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        AgentFileError::Io { .. } => DedupxIOError::new_err(msg),
+        AgentFileError::Corrupt { .. } => CorruptAgentFile::new_err(msg),
     }
 }

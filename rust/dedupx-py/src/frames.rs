@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 
+use dedupx_core::agent_file::AgentData;
 use dedupx_core::bitmap::BitVec;
 use dedupx_core::host_scan::LOCAL;
 use dedupx_core::maps::Vma;
@@ -257,4 +258,32 @@ pub fn image_to_dict<'py>(
 
 pub fn arrow_err(e: ArrowError) -> PyErr {
     PyRuntimeError::new_err(e.to_string())
+}
+
+/// A dedupx-agent file as `meta_json` and a `frames` table keyed by guest page frame
+/// number (gfn, kpageflags, mapcount, hash where the guest could read the page).
+pub fn agent_to_dict(py: Python<'_>, d: AgentData) -> PyResult<Bound<'_, PyDict>> {
+    let n = d.kpageflags.len();
+    let slots: Vec<u32> = (0..n)
+        .map(|i| {
+            if !d.hashes.is_empty() && d.hashed.get(i) {
+                i as u32
+            } else {
+                NO_HASH
+            }
+        })
+        .collect();
+    let (hash, _) = HashStore::new(d.hashes)
+        .column(&slots, None)
+        .map_err(arrow_err)?;
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("gfn", u64s((0..n as u64).collect(), None)),
+        ("kpageflags", u64s(d.kpageflags, None)),
+        ("mapcount", u64s(d.kpagecount, None)),
+        ("hash", hash),
+    ];
+    let out = PyDict::new(py);
+    out.set_item("meta_json", d.meta_json)?;
+    out.set_item("frames", table(batch(columns))?)?;
+    Ok(out)
 }

@@ -89,10 +89,19 @@ fn fix_mmap_threshold() {
     }
 }
 
+/// Reads a file written by dedupx-agent inside a guest.
+#[pyfunction]
+fn read_agent_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
+    let data = py
+        .detach(|| dedupx_core::agent_file::read(&path))
+        .map_err(errors::agent_to_py)?;
+    frames::agent_to_dict(py, data)
+}
+
 #[pymodule]
 mod _dedupx {
     #[pymodule_export]
-    use super::{image_frames, scan_process_frames};
+    use super::{image_frames, read_agent_file, scan_process_frames};
     #[pymodule_export]
     use crate::host::HostSnapshot;
 

@@ -1,0 +1,116 @@
+"""dedupx-agent inside a real guest: its page classes against the guest's own meminfo, its
+kcore hashes against the host's view of the same guest-physical pages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import blake3
+import polars as pl
+import pytest
+
+import dedupx
+from dedupx.exceptions import CorruptAgentFile
+from dedupx.guest_agent import inactive_bloat, lru_pages
+
+from guest_kit import Guest, ensure_packages, guest_assets
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = 4096
+ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
+# The guest's lists move a little between meminfo and the flags (the agent's own pages
+# among them): each list must lie within its meminfo values read just before and just after
+# the flags, give or take 2% or 1 MiB.
+TOLERANCE = (0.02, 256)
+
+
+@pytest.fixture(scope="session")
+def agent_binary() -> Path:
+    """dedupx-agent, linked statically so that it runs in a bare busybox initramfs."""
+    env = {**os.environ, "RUSTFLAGS": "-C target-feature=+crt-static"}
+    target = "x86_64-unknown-linux-gnu"
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--release", "-p", "dedupx-agent", "--target", target],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    return ROOT / "target" / target / "release" / "dedupx-agent"
+
+
+def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
+    ensure_packages()
+    assets = guest_assets(variant="agent", agent=agent_binary)
+    out = tmp_path / "guest.agent"
+    port = (
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"file,id=ag,path={out}",
+        "-device",
+        "virtserialport,chardev=ag,name=dedupx.agent",
+    )
+    with Guest(assets, mem_mib=256, name="agent", workdir=tmp_path, extra_args=port) as g:
+        assert "DEDUPX-AGENT-DONE rc=0" in g.serial_text(), g.serial_text()[-2000:]
+        g.stop()
+        view = dedupx.read_guest_agent(out)
+        assert view.meta["hash_source"] == "kcore", view.meta.get("hash_error")
+        assert view.meta["kernel"].endswith("cloud-amd64")
+        assert not view.mglru
+
+        before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
+        for name, v in lru_pages(view).items():
+            lo, hi = sorted((before[name] // 4, after[name] // 4))
+            slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
+            assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+
+        # The guest's view of each guest-physical page against the host's.
+        scan = dedupx.scan(g.pid)
+        host = (
+            scan.gpa_map.filter(pl.col("block") == "pc.ram")
+            .join(
+                scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash"),
+                on="hva",
+                how="left",
+            )
+            .select((pl.col("gpa") // PAGE).alias("gfn"), pl.col("hash").fill_null(ZERO))
+        )
+        both = host.join(
+            view.frames.filter(pl.col("hash").is_not_null()).select("gfn", "hash"),
+            on="gfn",
+            suffix="_guest",
+        )
+        assert both.height > 60_000
+        differ = both.filter(pl.col("hash") != pl.col("hash_guest")).join(
+            view.frames.select("gfn", "class"), on="gfn"
+        )
+        print("pages that changed after the agent read them:",
+              dict(differ.group_by("class").len().iter_rows()))
+        # Pages the guest changed after the agent hashed them (the agent's own buffers, the
+        # kernel's as it wrote the file out, freed pages reused) differ: about 4 MiB of a
+        # 256 MiB guest. Every other page agrees.
+        assert differ.height <= 2048, differ.height
+
+        bloat = inactive_bloat(view)
+        assert 0 <= bloat["bloat_pages"] <= bloat["cold_pages"]
+        # The guest's classes join the host's view of its RAM.
+        cost = dedupx.incremental_cost(
+            dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap")),
+            g.pid,
+            guest_frames=view.guest_frames(g.pid),
+        )
+        by_class = cost["guest_ram_by_class"]
+        assert sum(by_class.values()) == cost["guest_ram_pages"]
+        assert by_class.get("anon", 0) + by_class.get("file", 0) > 0
+
+
+def test_damaged_agent_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.agent"
+    bad.write_bytes(b"DDXAGNT1" + bytes(100))
+    with pytest.raises(CorruptAgentFile, match=r"version 0|truncated"):
+        dedupx.read_guest_agent(bad)
+    bad.write_bytes(b"not an agent file at all, really not" * 4)
+    with pytest.raises(CorruptAgentFile, match="magic"):
+        dedupx.read_guest_agent(bad)
