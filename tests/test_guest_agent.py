@@ -86,8 +86,10 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         differ = both.filter(pl.col("hash") != pl.col("hash_guest")).join(
             view.frames.select("gfn", "class"), on="gfn"
         )
-        print("pages that changed after the agent read them:",
-              dict(differ.group_by("class").len().iter_rows()))
+        print(
+            "pages that changed after the agent read them:",
+            dict(differ.group_by("class").len().iter_rows()),
+        )
         # Pages the guest changed after the agent hashed them (the agent's own buffers, the
         # kernel's as it wrote the file out, freed pages reused) differ: about 4 MiB of a
         # 256 MiB guest. Every other page agrees.
