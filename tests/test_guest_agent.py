@@ -3,6 +3,7 @@ kcore hashes against the host's view of the same guest-physical pages."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from dedupx.exceptions import CorruptAgentFile
 from dedupx.guest_agent import inactive_bloat, lru_pages
 
 from guest_kit import Guest, ensure_packages, guest_assets
+from test_errors import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 4096
@@ -98,14 +100,23 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         bloat = inactive_bloat(view)
         assert 0 <= bloat["bloat_pages"] <= bloat["cold_pages"]
         # The guest's classes join the host's view of its RAM.
+        snap_dir = dedupx.snapshot(tmp_path / "snap")
         cost = dedupx.incremental_cost(
-            dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap")),
-            g.pid,
-            guest_frames=view.guest_frames(g.pid),
+            dedupx.open_snapshot(snap_dir), g.pid, guest_frames=view.guest_frames(g.pid)
         )
         by_class = cost["guest_ram_by_class"]
         assert sum(by_class.values()) == cost["guest_ram_pages"]
         assert by_class.get("anon", 0) + by_class.get("file", 0) > 0
+
+        # The same through the CLI, for scripts.
+        res = run_cli("analyze", str(snap_dir), "--json", "--guest", f"{g.pid}={out}")
+        assert res.returncode == 0, res.stderr
+        (vm,) = [v for v in json.loads(res.stdout)["vms"] if v["pid"] == g.pid]
+        assert vm["incremental_cost"]["guest_ram_by_class"] == by_class
+        assert vm["bloat"] == {**bloat, "bloat_mib": vm["bloat"]["bloat_mib"]}
+        assert [r["row"] for r in vm["dedup_matrix"]] == ["within", "host", "vm"]
+        res = run_cli("scan", "--pid", str(g.pid), "--guest", str(out))
+        assert res.returncode == 0 and "cold inactive-LRU pages" in res.stdout
 
 
 def test_damaged_agent_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from dedupx import __version__
-from dedupx.exceptions import DedupxError, DedupxIOError
+from dedupx.exceptions import DedupxError, DedupxIOError, UsageError
 from dedupx.parquet_output import write_frames
 from dedupx.process_report import process_report
 from dedupx.process_scan import ProgressCallback, scan
@@ -106,6 +106,12 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Where the host's procfs is mounted (e.g. /host/proc inside a container).",
 )
+@click.option(
+    "--guest",
+    "guest_file",
+    type=click.Path(dir_okay=False),
+    help="For a QEMU process: a dedupx-agent file written inside its guest.",
+)
 def scan_cmd(
     pid: int,
     as_json: bool,
@@ -114,6 +120,7 @@ def scan_cmd(
     threads: int,
     quiet: bool,
     proc_root: str,
+    guest_file: str | None,
 ) -> None:
     """Scan one process: footprint (RSS/PSS/USS), page classes, duplicate contents by kind
     (anon/anon, file/file, anon/file), what KSM can reach and what it misses, the most
@@ -128,7 +135,10 @@ def scan_cmd(
         with progress_bar(not quiet) as update:
             result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
         seconds = time.monotonic() - started
-        report = process_report(result, top=top)
+        from dedupx.guest_agent import read_guest_agent
+
+        view = read_guest_agent(guest_file) if guest_file else None
+        report = process_report(result, top=top, guest=view)
         report["seconds"] = round(seconds, 3)
         if parquet_dir:
             write_frames(
@@ -238,13 +248,30 @@ def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quie
 @click.argument("snapshot_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--top", default=10, show_default=True, help="How many rows in the top lists.")
-def analyze_cmd(snapshot_dir: str, as_json: bool, top: int) -> None:
+@click.option(
+    "--guest",
+    "guest_files",
+    multiple=True,
+    metavar="PID=FILE",
+    help="A dedupx-agent file written inside the guest whose QEMU process is PID (repeatable).",
+)
+def analyze_cmd(snapshot_dir: str, as_json: bool, top: int, guest_files: tuple[str, ...]) -> None:
     """Analyse a saved snapshot: footprint per process and per group (each VM, containers
     by cgroup, other host processes), host-wide duplicates by kind with KSM's reach, the
-    most duplicated contents and where they live, and coverage."""
+    most duplicated contents and where they live, and coverage. For each VM: its dedup
+    matrix (within itself, with the host, with other VMs; what KSM can reach and misses)
+    and its incremental cost; with --guest, its RAM by what the guest says and its cold
+    inactive-LRU memory."""
+    from dedupx.guest_agent import read_guest_agent
 
     def work() -> None:
-        report = snapshot_report(open_snapshot(snapshot_dir), top=top)
+        guests = {}
+        for spec in guest_files:
+            pid, sep, path = spec.partition("=")
+            if not sep or not pid.isdigit():
+                raise UsageError(f"--guest takes PID=FILE, not {spec!r}")
+            guests[int(pid)] = read_guest_agent(path)
+        report = snapshot_report(open_snapshot(snapshot_dir), top=top, guests=guests)
         if as_json:
             click.echo(json.dumps(report, default=str))
         else:

@@ -83,6 +83,12 @@ class QmpError(DedupxError):
     exit_code = 11
 
 
+class UsageError(DedupxError, ValueError):
+    """Arguments that do not make sense together."""
+
+    exit_code = 2
+
+
 class OutputError(DedupxError):
     """Results could not be written (full disk, unwritable directory, ...)."""
 
@@ -105,4 +111,5 @@ __all__ = [
     "ProcessNotFound",
     "QmpError",
     "SnapshotVersionError",
+    "UsageError",
 ]

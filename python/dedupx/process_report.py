@@ -8,6 +8,7 @@ import polars as pl
 
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import PAGE_SIZE, footprint
+from dedupx.guest_agent import GuestView
 from dedupx.kpageflags import (
     KPF_ANON,
     KPF_KSM,
@@ -52,7 +53,7 @@ def coverage(scan: ProcessScan) -> dict[str, Any]:
     }
 
 
-def guest_summary(scan: ProcessScan) -> dict[str, Any] | None:
+def guest_summary(scan: ProcessScan, view: GuestView | None = None) -> dict[str, Any] | None:
     """For a QEMU process: its configuration and how its guest-physical pages map to host
     pages; None for other processes. A map that cannot be made is reported, not raised."""
     from dedupx.exceptions import DedupxError
@@ -70,6 +71,11 @@ def guest_summary(scan: ProcessScan) -> dict[str, Any] | None:
         "backends": [b.__dict__ for b in cfg.backends],
         "drives": [str(d) for d in cfg.drives],
     }
+    if view is not None:
+        from dedupx.guest_agent import inactive_bloat
+
+        out["guest_classes"] = dict(view.frames.group_by("class").len().sort("class").iter_rows())
+        out["bloat"] = inactive_bloat(view)
     try:
         gm = scan.gpa_map
     except DedupxError as e:
@@ -89,7 +95,9 @@ def guest_summary(scan: ProcessScan) -> dict[str, Any] | None:
     return out
 
 
-def process_report(scan: ProcessScan, top: int = 10) -> dict[str, Any]:
+def process_report(
+    scan: ProcessScan, top: int = 10, guest: GuestView | None = None
+) -> dict[str, Any]:
     fp_rows = footprint(scan).to_dicts()
     fp = fp_rows[0] if fp_rows else {}
     dup = duplicates(scan).row(0, named=True)
@@ -109,7 +117,7 @@ def process_report(scan: ProcessScan, top: int = 10) -> dict[str, Any]:
         "duplicates_mib": {k: dup[k] * PAGE_SIZE / MIB for k in (*SAVING_COLUMNS, "ksm_reachable")},
         "top_duplicates": tops,
         "coverage": coverage(scan),
-        "guest": guest_summary(scan),
+        "guest": guest_summary(scan, guest),
         "vmas": scan.vmas.height,
         "threads": scan.stats.get("threads", 0),
     }

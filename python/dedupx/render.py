@@ -116,6 +116,15 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
             )
             for block, b in g["blocks"].items():
                 t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+        for cls, n in g.get("guest_classes", {}).items():
+            t.add_row(f"guest says {cls}", f"{n:,} pages")
+        if g.get("bloat"):
+            b = g["bloat"]
+            t.add_row("cold inactive-LRU pages", f"{b['cold_pages']:,}")
+            if b["bloat_mib"] is not None:
+                t.add_row("  not duplicated in the guest (bloat)", f"{b['bloat_mib']:,.1f} MiB")
+            if b.get("warning"):
+                t.add_row("  note", escape(b["warning"]))
         console.print(t)
 
     c = r["coverage"]
@@ -201,6 +210,8 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
             label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
             t.add_row(label, str(g["frames"]), f"{g['total']:,}", where)
         console.print(t)
+    if r.get("vms"):
+        render_vm_reports(r["vms"], console)
     c = r["coverage"]
     if c:
         missing = ", ".join(f"{k} {v:,}" for k, v in c.get("not_covered", {}).items() if v)
@@ -208,3 +219,61 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
             f"Coverage: {c.get('pages_hashed', 0):,} of {c.get('pages_of_ram', 0):,} pages "
             f"hashed via {c.get('source')}" + (f"; not covered: {missing}" if missing else "")
         )
+
+
+MATRIX_COLS = (
+    "anon_anon",
+    "file_file",
+    "anon_file",
+    "total",
+    "zero",
+    "ksm_reachable",
+    "missed_file",
+    "missed_not_mergeable",
+    "ksm_reachable_thp",
+)
+
+
+def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
+    for vm in vms:
+        t = Table(
+            title=f"VM {vm['pid']} ({escape(vm['comm'] or '')}): duplicated pages "
+            "(within itself, with the host, with other VMs)",
+            title_justify="left",
+        )
+        t.add_column("")
+        for c in (*MATRIX_COLS, "MiB"):
+            t.add_column(c.replace("_", " "), justify="right")
+        for row in vm["dedup_matrix"]:
+            t.add_row(row["row"], *(f"{row[c]:,}" for c in MATRIX_COLS), f"{row['mib']:,.1f}")
+        console.print(t)
+        cost = vm.get("incremental_cost")
+        if cost:
+            parts = [
+                f"QEMU {cost['qemu_pages'] * 4096 / 2**20:,.1f} MiB",
+                f"guest RAM {cost['guest_ram_pages'] * 4096 / 2**20:,.1f} MiB",
+            ]
+            if "guest_ram_by_class" in cost:
+                parts += [
+                    f"{k} {v * 4096 / 2**20:,.1f}" for k, v in cost["guest_ram_by_class"].items()
+                ]
+            console.print(
+                f"Incremental cost: {cost['mib']:,.1f} MiB ({', '.join(parts)}); "
+                f"{cost['unique_contents']:,} contents found nowhere else; "
+                f"{cost['guest_not_backed']:,} guest pages not backed by host memory."
+            )
+        elif "incremental_cost_error" in vm:
+            console.print(f"Incremental cost: {escape(vm['incremental_cost_error'])}")
+        bloat = vm.get("bloat")
+        if bloat:
+            note = f" ({bloat['warning']})" if bloat.get("warning") else ""
+            mib = bloat["bloat_mib"]
+            console.print(
+                f"Inactive-LRU bloat: {bloat['cold_pages']:,} cold pages, "
+                + (
+                    f"{mib:,.1f} MiB not duplicated elsewhere in the guest"
+                    if mib is not None
+                    else "no hashes from the guest to subtract duplicates"
+                )
+                + note
+            )

@@ -8,6 +8,7 @@ import polars as pl
 
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import PAGE_SIZE, footprint
+from dedupx.guest_agent import GuestView
 from dedupx.snapshot import Snapshot
 
 MIB = 1024 * 1024
@@ -33,7 +34,37 @@ def group_footprints(fp: pl.DataFrame, processes: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def snapshot_report(snap: Snapshot, top: int = 10) -> dict[str, Any]:
+def vm_reports(
+    snap: Snapshot, procs: pl.DataFrame, guests: dict[int, GuestView] | None = None
+) -> list[dict[str, Any]]:
+    """Per VM: its dedup matrix, incremental cost given the rest, and with a guest agent
+    file, its pages by guest class and its inactive-LRU bloat."""
+    from dedupx.analysis.dedup_matrix import dedup_matrix
+    from dedupx.analysis.incremental_cost import incremental_cost
+    from dedupx.exceptions import DedupxError
+    from dedupx.guest_agent import inactive_bloat
+
+    out = []
+    for pid, comm in procs.filter(pl.col("kind") == "vm").select("pid", "comm").iter_rows():
+        r: dict[str, Any] = {"pid": pid, "comm": comm}
+        view = (guests or {}).get(pid)
+        r["dedup_matrix"] = dedup_matrix(snap, pid).to_dicts()
+        try:
+            r["incremental_cost"] = incremental_cost(
+                snap, pid, guest_frames=view.guest_frames(pid) if view else None
+            )
+        except DedupxError as e:
+            r["incremental_cost_error"] = str(e)
+        if view is not None:
+            r["guest_classes"] = dict(view.frames.group_by("class").len().sort("class").iter_rows())
+            r["bloat"] = inactive_bloat(view)
+        out.append(r)
+    return out
+
+
+def snapshot_report(
+    snap: Snapshot, top: int = 10, guests: dict[int, GuestView] | None = None
+) -> dict[str, Any]:
     m = snap.manifest
     report: dict[str, Any] = {
         "path": str(snap.path),
@@ -67,4 +98,5 @@ def snapshot_report(snap: Snapshot, top: int = 10) -> dict[str, Any]:
         report["process_count"] = procs.height
         report["groups"] = group_footprints(fp, procs).to_dicts()
         report["total_pss_bytes"] = int(fp["pss_bytes"].sum())
+        report["vms"] = vm_reports(snap, procs, guests)
     return report
