@@ -41,6 +41,7 @@ class HostSnapshot:
         hash: bool = True,
         phys: str | None = None,
         iomem: str | None = None,
+        cached_files: list[str] = ...,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> HostSnapshot: ...
     def stats(self) -> dict[str, Any]: ...

@@ -88,6 +88,29 @@ class _Coverage:
         }
 
 
+def guest_files(proc_root: str = "/proc") -> list[str]:
+    """The files the host's guests read through the page cache: their disk images and any
+    other regular file a QEMU process holds open."""
+    from dedupx.qemu.guests import find_guests
+
+    files: set[str] = set()
+    for g in find_guests(proc_root):
+        files.update(str(d) for d in g.config.drives)
+        fd_dir = Path(proc_root, str(g.pid), "fd")
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("/") and not target.startswith(("/dev/", "/proc/", "/sys/")):
+                files.add(target.removesuffix(" (deleted)"))
+    return sorted(f for f in files if Path(f).is_file())
+
+
 def snapshot(
     out: str | os.PathLike[str],
     *,
@@ -96,12 +119,21 @@ def snapshot(
     proc_root: str | None = None,
     phys: str | None = None,
     iomem: str | None = None,
+    cached_files: list[str] | None = None,
 ) -> Path:
     """Captures the whole host into the snapshot directory ``out`` (written atomically,
     mode 0600). Pages of every process are hashed, each distinct physical page once; with a
-    readable /proc/kcore, /dev/crash or /dev/mem (or ``phys``), every page of RAM is."""
+    readable /proc/kcore, /dev/crash or /dev/mem (or ``phys``), every page of RAM is.
+    Without one, the cached pages of ``cached_files`` (default: the guests' disk images and
+    open files) are hashed too, so that double caching shows."""
+    files = guest_files(proc_root or "/proc") if cached_files is None else cached_files
     hs = _dedupx.HostSnapshot(
-        proc_root=proc_root, threads=threads, phys=phys, iomem=iomem, progress=progress
+        proc_root=proc_root,
+        threads=threads,
+        phys=phys,
+        iomem=iomem,
+        cached_files=files,
+        progress=progress,
     )
     stats = hs.stats()
     src = stats["physical_source"]

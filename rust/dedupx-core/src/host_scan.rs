@@ -17,7 +17,7 @@ use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
 use crate::page_contents::{hash_tasks, ProcessFiles, ReadTask};
-use crate::page_hash::{zero_page_hash, PageHasher};
+use crate::page_hash::{zero_page_hash, PageHash, PageHasher};
 use crate::page_table::{Contents, PageTable, NO_HASH};
 use crate::pagemap::{Pagemap, PagemapEntry};
 use crate::parallel::in_pool;
@@ -67,6 +67,9 @@ pub struct HostScan {
     pub contents: Contents,
     /// Per PFN: its content is all zeros.
     pub zero: BitVec,
+    /// Unmapped page-cache pages hashed through files (see [`HostScan::add_cached_files`]),
+    /// sorted by PFN.
+    pub file_cache: Vec<(u64, PageHash)>,
     pub stats: HostStats,
 }
 
@@ -209,6 +212,7 @@ fn scan_in_pool(
         counts,
         contents,
         zero,
+        file_cache: Vec::new(),
         stats,
     })
 }
@@ -303,6 +307,34 @@ pub struct FrameChunk {
 pub const LOCAL: u32 = 1 << 31;
 
 impl HostScan {
+    /// Hashes the cached pages of `files` that no process maps (their PFNs are otherwise
+    /// invisible without /proc/kcore). Returns per file its cached and total pages, or why
+    /// it could not be read.
+    pub fn add_cached_files(
+        &mut self,
+        files: &[PathBuf],
+    ) -> Vec<(PathBuf, std::result::Result<(u64, u64), String>)> {
+        let mut report = Vec::new();
+        for path in files {
+            match crate::file_cache::cached_pages(path, &self.proc_root) {
+                Ok(c) => {
+                    report.push((path.clone(), Ok((c.pages.len() as u64, c.file_pages))));
+                    let mapped = &self.pfns;
+                    self.file_cache.extend(
+                        c.pages
+                            .iter()
+                            .filter(|(_, pfn, _)| mapped.binary_search(pfn).is_err())
+                            .map(|&(_, pfn, h)| (pfn, h)),
+                    );
+                }
+                Err(e) => report.push((path.clone(), Err(e.to_string()))),
+            }
+        }
+        self.file_cache.sort_unstable_by_key(|&(pfn, _)| pfn);
+        self.file_cache.dedup_by_key(|e| e.0);
+        report
+    }
+
     /// Address windows that split a process's mappings into pieces of at most `max_pages`
     /// virtual pages, so that its `pages` rows can be produced a piece at a time.
     pub fn page_windows(p: &HostProcess, max_pages: u64) -> Vec<(u64, u64)> {
@@ -450,6 +482,10 @@ impl HostScan {
                 )
             } else if kpageflags::has(flags[i], KPF_ZERO_PAGE) {
                 (flags[i], counts[i], NO_HASH)
+            } else if let Ok(k) = self.file_cache.binary_search_by_key(&pfn, |e| e.0) {
+                let local = (c.local_hashes.len() / 16) as u32;
+                c.local_hashes.extend_from_slice(&self.file_cache[k].1);
+                (flags[i], counts[i], LOCAL | local)
             } else {
                 if phys.is_some() {
                     to_read.push(i);

@@ -6,6 +6,7 @@ pub mod agent_file;
 pub mod bitmap;
 pub mod elf_core;
 pub mod error;
+pub mod file_cache;
 pub mod host_scan;
 pub mod iomem;
 pub mod kpageflags;

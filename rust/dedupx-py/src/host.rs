@@ -28,6 +28,8 @@ pub struct HostSnapshot {
     /// System RAM as PFN ranges.
     ram: Vec<(u64, u64)>,
     phys_notes: Vec<String>,
+    /// Per file given to cover: (cached pages, pages) or why it could not be read.
+    file_cache: Vec<(PathBuf, Result<(u64, u64), String>)>,
 }
 
 impl HostSnapshot {
@@ -45,7 +47,7 @@ impl HostSnapshot {
     /// of trying /proc/kcore, /dev/crash and /dev/mem; `iomem` a file to read System RAM
     /// ranges from instead of PROC_ROOT/iomem (both for tests and offline copies).
     #[new]
-    #[pyo3(signature = (*, proc_root=None, dev_root=None, threads=0, hash=true, phys=None, iomem=None, progress=None))]
+    #[pyo3(signature = (*, proc_root=None, dev_root=None, threads=0, hash=true, phys=None, iomem=None, cached_files=Vec::new(), progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -55,6 +57,7 @@ impl HostSnapshot {
         hash: bool,
         phys: Option<PathBuf>,
         iomem: Option<PathBuf>,
+        cached_files: Vec<PathBuf>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let proc_root = proc_root.unwrap_or_else(|| PathBuf::from("/proc"));
@@ -82,6 +85,7 @@ impl HostSnapshot {
             Ok((kpage, scan))
         });
         let (kpage, mut scan) = bridge.finish(result, errors::to_py)?;
+        let file_cache = py.detach(|| scan.add_cached_files(&cached_files));
         let (phys, phys_notes) = match phys {
             Some(path) => match PhysImage::open_kcore(&path, &ram_bytes) {
                 Ok(img) => (Some(img), Vec::new()),
@@ -103,6 +107,7 @@ impl HostSnapshot {
             phys,
             ram,
             phys_notes,
+            file_cache,
         })
     }
 
@@ -128,6 +133,21 @@ impl HostSnapshot {
         )?;
         d.set_item("physical_source_notes", self.phys_notes.clone())?;
         d.set_item("ram_ranges", self.ram.clone())?;
+        let files = pyo3::types::PyList::empty(py);
+        for (path, r) in &self.file_cache {
+            let f = PyDict::new(py);
+            f.set_item("path", path.display().to_string())?;
+            match r {
+                Ok((cached, pages)) => {
+                    f.set_item("cached_pages", cached)?;
+                    f.set_item("pages", pages)?;
+                }
+                Err(e) => f.set_item("error", e)?,
+            }
+            files.append(f)?;
+        }
+        d.set_item("cached_files", files)?;
+        d.set_item("file_cache_frames", self.scan.file_cache.len())?;
         Ok(d)
     }
 
