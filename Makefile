@@ -5,7 +5,7 @@ PYTHON ?= python3
 PID ?= $(shell ps -eo pid= --sort=-rss | head -n 1 | tr -d ' ')
 APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio
 
-.PHONY: help setup build run test test-rs test-py lint bench fmt
+.PHONY: help setup build run test test-rs test-py lint bench fmt agent
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -22,7 +22,7 @@ run: setup ## build, install and scan the largest process on this host (or PID=N
 
 test: setup test-rs test-py lint ## everything: Rust tests, Python tests against real processes, lints
 
-test-rs: ## Rust unit tests of the core (parsers, hashing, /proc readers)
+test-rs: ## Rust unit tests of the core (parsers, hashing, /proc readers, file formats)
 	cargo test -p dedupx-core --quiet
 
 test-py: ## pytest against real processes (needs root)
@@ -41,5 +41,8 @@ fmt: ## format Rust and Python sources
 	$(PYTHON) -m ruff format python tests bench
 	$(PYTHON) -m ruff check --fix python tests bench
 
-bench: setup ## GB/s and peak memory of a scan, an image and a host snapshot
-	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py
+bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 2 GiB guest
+	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py && $(PYTHON) vm_scan.py
+
+agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknown-linux-gnu/release/)
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu

@@ -45,7 +45,16 @@ BUSYBOX = Path("/bin/busybox")
 # MiB of seeded pseudo-random data in /payload.bin, so that guests of different variants
 # hold memory the others do not. The file stays in the initramfs root (a tmpfs): copying it
 # elsewhere would leave a second, stale copy in freed guest pages.
-VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0}
+VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0}
+
+# The "fill" variant fills about 1.2 GiB of guest RAM at boot (for benchmarks): copies of
+# busybox in a tmpfs, so that much of what it fills is duplicated.
+FILL_RC = """\
+#!/bin/sh
+mount -t tmpfs -o size=90% tmpfs /mnt
+i=0
+while [ $i -lt 600 ]; do cat /bin/busybox > /mnt/copy$i; i=$((i+1)); done
+"""
 
 # The "agent" variant runs dedupx-agent at boot and writes its file to a virtio serial port
 # (binary-clean, unlike a tty), whose host end is a file. The cloud kernel builds virtio as
@@ -139,6 +148,8 @@ def guest_assets(
             ("bin/dedupx-agent", 0o100755, agent.read_bytes(), 0),
             ("etc/rc.local", 0o100755, AGENT_RC.encode(), 0),
         ]
+    if variant == "fill":
+        extra = [("etc/rc.local", 0o100755, FILL_RC.encode(), 0)]
     return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
 
 
