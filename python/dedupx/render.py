@@ -19,6 +19,24 @@ def _pages(n: int, page_size: int) -> tuple[str, str]:
     return f"{n:,}", _mib(n * page_size)
 
 
+def top_table(tops: list[dict[str, Any]], by_kind: bool) -> Table:
+    """The most duplicated contents: copies, (anon and file copies,) pages saved, where."""
+    t = Table(title="Top duplicated contents", title_justify="left")
+    t.add_column("hash")
+    t.add_column("copies", justify="right")
+    if by_kind:
+        t.add_column("anon", justify="right")
+        t.add_column("file", justify="right")
+    t.add_column("saves", justify="right")
+    t.add_column("where")
+    for g in tops:
+        where = escape(", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else ""))
+        label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
+        kinds = [str(g["anon"]), str(g["file"])] if by_kind else []
+        t.add_row(label, str(g["frames"]), *kinds, f"{g['total']:,}", where)
+    return t
+
+
 def render_process_report(r: dict[str, Any], console: Console) -> None:
     ps = r["page_size"]
     cmd = " ".join(r["cmdline"])[:100] or r["comm"]
@@ -79,23 +97,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     if r["top_duplicates"]:
-        t = Table(title="Top duplicated contents", title_justify="left")
-        for col, just in (
-            ("hash", "left"),
-            ("copies", "right"),
-            ("anon", "right"),
-            ("file", "right"),
-            ("saves", "right"),
-            ("where", "left"),
-        ):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for g in r["top_duplicates"]:
-            where = escape(", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else ""))
-            label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
-            t.add_row(
-                label, str(g["frames"]), str(g["anon"]), str(g["file"]), f"{g['total']:,}", where
-            )
-        console.print(t)
+        console.print(top_table(r["top_duplicates"], by_kind=True))
 
     g = r.get("guest")
     if g:
@@ -197,19 +199,7 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
         t.add_row(label, *(_pages(v, ps) if v is not None else ("n/a", "n/a")))
     console.print(t)
     if r["top_duplicates"]:
-        t = Table(title="Top duplicated contents", title_justify="left")
-        for col, just in (
-            ("hash", "left"),
-            ("copies", "right"),
-            ("saves", "right"),
-            ("where", "left"),
-        ):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for g in r["top_duplicates"]:
-            where = escape(", ".join(g["paths"][:3]) + (" …" if len(g["paths"]) > 3 else ""))
-            label = g["hash"][:16] + (" (zeros)" if g["zero"] else "")
-            t.add_row(label, str(g["frames"]), f"{g['total']:,}", where)
-        console.print(t)
+        console.print(top_table(r["top_duplicates"], by_kind=False))
     if r.get("vms"):
         render_vm_reports(r["vms"], console)
     c = r["coverage"]
