@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from dedupx.exceptions import QmpError
@@ -153,3 +154,26 @@ def test_bad_qmp_answers(fake_qmp: Path, words: str) -> None:
 def test_missing_qmp_socket(tmp_path: Path) -> None:
     with pytest.raises(QmpError, match="cannot connect"):
         layout_from_qmp(tmp_path / "nope.sock")
+
+
+def test_ept_dump(tmp_path: Path) -> None:
+    from dedupx.exceptions import NotAGuest
+    from dedupx.qemu.gpa_map import gpa_map_from_ept
+
+    csv = tmp_path / "ept.csv"
+    csv.write_text("gpa,hpa\n0x0,0x7f000\n4096,0x1234000\n")
+    m = gpa_map_from_ept(7, csv)
+    assert m.select("pid", "gpa", "pfn", "block").rows() == [
+        (7, 0, 0x7F, "ept"),
+        (7, 4096, 0x1234, "ept"),
+    ]
+    m.select("gpa", pl.col("pfn") * 4096).rename({"pfn": "hpa"}).write_parquet(
+        tmp_path / "ept.parquet"
+    )
+    assert gpa_map_from_ept(7, tmp_path / "ept.parquet").equals(m)
+    csv.write_text("gpa,hpa\n0x10,0x7f000\n")
+    with pytest.raises(NotAGuest, match="page-aligned"):
+        gpa_map_from_ept(7, csv)
+    csv.write_text("gpa,host\n0,0\n")
+    with pytest.raises(NotAGuest, match="hpa"):
+        gpa_map_from_ept(7, csv)

@@ -40,14 +40,25 @@ class ProcessScan:
         command line (see ``guest_map`` to name a socket). Raises ``NotAGuest`` otherwise."""
         return self.guest_map()
 
-    def guest_map(self, qmp: str | os.PathLike[str] | None = None) -> pl.DataFrame:
+    def guest_map(
+        self,
+        qmp: str | os.PathLike[str] | None = None,
+        ept: str | os.PathLike[str] | None = None,
+    ) -> pl.DataFrame:
+        """The gpa map from QMP (``qmp``: a socket; else one named on the command line),
+        from an external EPT dump (``ept``: CSV or Parquet of gpa, hpa), or from the
+        command line."""
         from dedupx.exceptions import NotAGuest
         from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
-        from dedupx.qemu.gpa_map import gpa_map
+        from dedupx.qemu.gpa_map import gpa_map, gpa_map_from_ept
         from dedupx.qemu.guests import guest_layout
 
         if not is_qemu(self.cmdline):
             raise NotAGuest(f"PID {self.pid} ({self.comm}) is not a QEMU guest")
+        if ept is not None:
+            return gpa_map_from_ept(self.pid, Path(ept)).with_columns(
+                pl.lit(f"ept:{ept}").alias("source")
+            )
         cfg = parse_qemu_cmdline(self.cmdline)
         layout = guest_layout(cfg, self.vmas, Path(qmp) if qmp is not None else None)
         return gpa_map(self.pid, layout, self.pages).with_columns(

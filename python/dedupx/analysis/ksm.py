@@ -28,8 +28,9 @@ def max_page_sharing(sysfs: Path = KSM_SYSFS) -> int:
 def ksm_prediction(data: Any, max_sharing: int | None = None) -> pl.DataFrame:
     """One row: ``eligible_frames``, ``pages_sharing`` (what KSM's counter of that name
     should reach once it has converged, if it can split THPs as it needs), ``pages_shared``
-    (KSM pages it would keep), and ``thp_frames`` (eligible frames now in THPs: merging
-    them needs a split first; where many are, KSM falls short of the prediction)."""
+    (KSM pages it would keep), ``thp_frames`` (eligible frames now in THPs) and
+    ``pages_sharing_thp`` (of ``pages_sharing``, merges of copies held in THPs: KSM must
+    split those first, and where many are it falls short by up to this much)."""
     m = max_sharing or max_page_sharing()
     eligible = hashed_frames(data).filter(pl.col("ksm_eligible"))
     groups = eligible.group_by("hash").agg(
@@ -43,5 +44,9 @@ def ksm_prediction(data: Any, max_sharing: int | None = None) -> pl.DataFrame:
         .alias("pages_sharing"),
         ((pl.col("e") + m - 1) // m).filter(pl.col("e") > 1).sum().alias("pages_shared"),
         pl.col("thp").sum().cast(pl.Int64).alias("thp_frames"),
+        pl.min_horizontal(pl.col("thp").cast(pl.Int64), pl.col("e") - (pl.col("e") + m - 1) // m)
+        .filter(pl.col("e") > 1)
+        .sum()
+        .alias("pages_sharing_thp"),
     ).collect()
     return row.with_columns(pl.all().fill_null(0).cast(pl.Int64))

@@ -147,3 +147,52 @@ def gpa_map(pid: int, layout: GpaLayout, pages: pl.DataFrame) -> pl.DataFrame:
     return frame.join(present, on="hva", how="left").select(
         pl.lit(pid, dtype=pl.UInt32).alias("pid"), "gpa", "hva", "pfn", "block"
     )
+
+
+def gpa_map_from_ept(pid: int, path: str | Path) -> pl.DataFrame:
+    """A gpa map from an external EPT dump: a CSV or Parquet file with ``gpa`` and ``hpa``
+    columns (integers, or hex strings such as ``0x1000``), one row per guest page. ``pfn`` is
+    hpa / 4096; there is no host virtual address (``hva`` null) and the block is "ept"."""
+    path = Path(path)
+    try:
+        raw = (
+            pl.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pl.read_csv(path, infer_schema=False)
+        )
+    except FileNotFoundError:
+        raise NotAGuest(f"no EPT dump at {path}") from None
+    except Exception as e:  # polars raises several types for damaged files
+        raise NotAGuest(f"{path} is not a readable CSV or Parquet EPT dump: {e}") from None
+    missing = {"gpa", "hpa"} - set(raw.columns)
+    if missing:
+        raise NotAGuest(f"{path} lacks the column(s) {sorted(missing)}: it needs gpa and hpa")
+
+    def as_int(col: str) -> pl.Expr:
+        c = pl.col(col)
+        if raw.schema[col] == pl.String:
+            text = c.str.strip_chars().str.to_lowercase()
+            return (
+                pl.when(text.str.starts_with("0x"))
+                .then(text.str.slice(2).str.to_integer(base=16, strict=False))
+                .otherwise(text.str.to_integer(base=10, strict=False))
+                .cast(pl.UInt64)
+            )
+        return c.cast(pl.UInt64, strict=False)
+
+    out = raw.select(as_int("gpa").alias("gpa"), as_int("hpa").alias("hpa"))
+    bad = out.filter(
+        pl.col("gpa").is_null()
+        | pl.col("hpa").is_null()
+        | (pl.col("gpa") % PAGE != 0)
+        | (pl.col("hpa") % PAGE != 0)
+    )
+    if bad.height:
+        raise NotAGuest(f"{path}: {bad.height} rows are not page-aligned gpa/hpa numbers")
+    return out.select(
+        pl.lit(pid, dtype=pl.UInt32).alias("pid"),
+        "gpa",
+        pl.lit(None, dtype=pl.UInt64).alias("hva"),
+        (pl.col("hpa") // PAGE).alias("pfn"),
+        pl.lit("ept").alias("block"),
+    )

@@ -303,6 +303,9 @@ pub struct FrameChunk {
     pub mapped: BitVec,
 }
 
+/// Per file asked to cover: (cached pages, pages), or why it could not be read.
+pub type CachedFileReport = (PathBuf, std::result::Result<(u64, u64), String>);
+
 /// Marks a hash slot as an index into `FrameChunk::local_hashes`.
 pub const LOCAL: u32 = 1 << 31;
 
@@ -310,10 +313,7 @@ impl HostScan {
     /// Hashes the cached pages of `files` that no process maps (their PFNs are otherwise
     /// invisible without /proc/kcore). Returns per file its cached and total pages, or why
     /// it could not be read.
-    pub fn add_cached_files(
-        &mut self,
-        files: &[PathBuf],
-    ) -> Vec<(PathBuf, std::result::Result<(u64, u64), String>)> {
+    pub fn add_cached_files(&mut self, files: &[PathBuf]) -> Vec<CachedFileReport> {
         let mut report = Vec::new();
         for path in files {
             match crate::file_cache::cached_pages(path, &self.proc_root) {

@@ -29,7 +29,7 @@ pub struct HostSnapshot {
     ram: Vec<(u64, u64)>,
     phys_notes: Vec<String>,
     /// Per file given to cover: (cached pages, pages) or why it could not be read.
-    file_cache: Vec<(PathBuf, Result<(u64, u64), String>)>,
+    file_cache: Vec<dedupx_core::host_scan::CachedFileReport>,
 }
 
 impl HostSnapshot {
