@@ -45,7 +45,30 @@ BUSYBOX = Path("/bin/busybox")
 # MiB of seeded pseudo-random data in /payload.bin, so that guests of different variants
 # hold memory the others do not. The file stays in the initramfs root (a tmpfs): copying it
 # elsewhere would leave a second, stale copy in freed guest pages.
-VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0}
+VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0, "qga": 0}
+
+# The "qga" variant runs QEMU's guest agent on a virtio serial port (the host end is a
+# socket: see QGA_ARGS). Debian's qemu-ga is dynamically linked: its libraries ride along.
+QGA_RC = """\
+#!/bin/sh
+for pass in 1 2 3 4; do for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done; done
+for i in $(seq 50); do [ -e /dev/vport0p1 ] || [ -e /dev/vport1p1 ] && break; sleep 0.1; done
+mkdir -p /var/run /tmp/qga
+qemu-ga -m virtio-serial -p "$(ls /dev/vport*p1 | head -n 1)" -t /tmp/qga -d
+"""
+
+
+def qga_args(socket_path: Path) -> tuple[str, ...]:
+    """QEMU arguments that put the guest agent's port on a host unix socket."""
+    return (
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"socket,id=qga0,path={socket_path},server=on,wait=off",
+        "-device",
+        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+    )
+
 
 # The "fill" variant fills about 1.2 GiB of guest RAM at boot (for benchmarks): copies of
 # busybox in a tmpfs, so that much of what it fills is duplicated.
@@ -125,16 +148,23 @@ class GuestAssets(NamedTuple):
 
 
 def guest_assets(
-    cache_dir: Path = DEFAULT_CACHE, variant: str = "a", agent: Path | None = None
+    cache_dir: Path = DEFAULT_CACHE,
+    variant: str = "a",
+    agent: Path | None = None,
+    generic_kernel: bool = False,
 ) -> GuestAssets:
     """Kernel and initramfs for `variant`, built into `cache_dir` only when missing. The
-    "agent" variant needs the static `dedupx-agent` binary."""
+    "agent" variant needs the static `dedupx-agent` binary. `generic_kernel` boots Debian's
+    generic build of the same kernel version instead of the cloud one: a different kernel,
+    for guests that must share less."""
     if variant not in VARIANT_PAYLOAD_MIB:
         raise ValueError(f"unknown guest variant {variant!r}; known: {list(VARIANT_PAYLOAD_MIB)}")
     if (variant == "agent") != (agent is not None):
         raise ValueError("the agent variant, and only it, takes the agent binary")
     cache_dir.mkdir(parents=True, exist_ok=True)
     kernel = _kernel(cache_dir)
+    if generic_kernel:
+        kernel = _generic_kernel(cache_dir, kernel)
     extra: list[tuple[str, int, bytes, int]] = []
     if agent is not None:
         mods = _modules(cache_dir, kernel)
@@ -150,7 +180,72 @@ def guest_assets(
         ]
     if variant == "fill":
         extra = [("etc/rc.local", 0o100755, FILL_RC.encode(), 0)]
+    if variant == "qga":
+        mods = _modules(cache_dir, kernel)
+        extra = [
+            ("lib", 0o040755, b"", 0),
+            ("lib/modules", 0o040755, b"", 0),
+            *(
+                (f"lib/modules/{i}-{Path(m).name}", 0o100644, (mods / Path(m).name).read_bytes(), 0)
+                for i, m in enumerate(AGENT_MODULES)
+            ),
+            *_qga_files(cache_dir),
+            ("etc/rc.local", 0o100755, QGA_RC.encode(), 0),
+        ]
     return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
+
+
+def _qga_files(cache_dir: Path) -> list[tuple[str, int, bytes, int]]:
+    """qemu-ga from Debian's package and the shared libraries it needs, as initramfs entries."""
+    exe = cache_dir / "qemu-ga"
+    if not exe.exists():
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".qga.") as tmp:
+            cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", "qemu-guest-agent"]
+            try:
+                subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+            except subprocess.CalledProcessError:
+                _apt_update_once()
+                subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+            (deb,) = Path(tmp).glob("*.deb")
+            subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+            os.replace(Path(tmp, "x", "usr", "sbin", "qemu-ga"), exe)
+    ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True).stdout
+    libs = sorted({m for m in re.findall(r"(/\S+\.so[.\d]*)", ldd)})
+    entries: list[tuple[str, int, bytes, int]] = [("bin/qemu-ga", 0o100755, exe.read_bytes(), 0)]
+    dirs = sorted({str(Path(lib).parent).lstrip("/") for lib in libs})
+    for d in dirs:
+        parts = Path(d).parts
+        for i in range(1, len(parts) + 1):
+            entries.append(("/".join(parts[:i]), 0o040755, b"", 0))
+    seen: set[str] = set()
+    for lib in libs:
+        name = lib.lstrip("/")
+        if name not in seen:
+            seen.add(name)
+            entries.append((name, 0o100755, Path(lib).resolve().read_bytes(), 0))
+    unique: dict[str, tuple[str, int, bytes, int]] = {}
+    for e in entries:
+        unique.setdefault(e[0], e)
+    return [e for e in unique.values() if e[0] not in ("lib",)]
+
+
+def _generic_kernel(cache_dir: Path, cloud: Path) -> Path:
+    """The generic (-amd64) build of the cached cloud kernel's version, fetched once."""
+    version = cloud.name.removeprefix("vmlinuz-").removesuffix("-cloud-amd64") + "-amd64"
+    dest = cache_dir / f"vmlinuz-{version}"
+    if dest.exists():
+        return dest
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".kernel.") as tmp:
+        cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", f"linux-image-{version}"]
+        try:
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        except subprocess.CalledProcessError:
+            _apt_update_once()
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        (deb,) = Path(tmp).glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        os.replace(Path(tmp, "x", "boot", f"vmlinuz-{version}"), dest)
+    return dest
 
 
 def _modules(cache_dir: Path, kernel: Path) -> Path:
@@ -219,7 +314,8 @@ def _download_kernel(dest_dir: Path) -> Path:
 def _kernel(cache_dir: Path) -> Path:
     # Whatever kernel is cached is used: tests must not change kernels behind the user's back.
     cached = sorted(
-        cache_dir.glob("vmlinuz-*"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)]
+        cache_dir.glob("vmlinuz-*-cloud-amd64"),
+        key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)],
     )
     if cached:
         return cached[-1]

@@ -30,6 +30,7 @@ from dedupx.guest_agent import GuestView, read_guest_agent
 from dedupx.host_snapshot import snapshot
 from dedupx.memory_image import MemoryImage, image_snapshot, read_image
 from dedupx.process_scan import ProcessScan, scan
+from dedupx.qemu.qga import read_guest_qga
 from dedupx.snapshot import Snapshot, open_snapshot
 from dedupx.snapshot_report import snapshot_report
 
@@ -63,6 +64,7 @@ __all__ = [
     "ksm_prediction",
     "open_snapshot",
     "read_guest_agent",
+    "read_guest_qga",
     "read_image",
     "scan",
     "snapshot",

@@ -112,6 +112,12 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="For a QEMU process: a dedupx-agent file written inside its guest.",
 )
+@click.option(
+    "--qga",
+    "qga_socket",
+    type=click.Path(dir_okay=False),
+    help="For a QEMU process: its guest agent's socket, to read the guest's page flags.",
+)
 def scan_cmd(
     pid: int,
     as_json: bool,
@@ -121,6 +127,7 @@ def scan_cmd(
     quiet: bool,
     proc_root: str,
     guest_file: str | None,
+    qga_socket: str | None,
 ) -> None:
     """Scan one process: footprint (RSS/PSS/USS), page classes, duplicate contents by kind
     (anon/anon, file/file, anon/file), what KSM can reach and what it misses, the most
@@ -136,8 +143,17 @@ def scan_cmd(
             result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
         seconds = time.monotonic() - started
         from dedupx.guest_agent import read_guest_agent
+        from dedupx.qemu.qga import read_guest_qga
 
-        view = read_guest_agent(guest_file) if guest_file else None
+        if guest_file and qga_socket:
+            raise UsageError("give --guest or --qga, not both")
+        view = (
+            read_guest_agent(guest_file)
+            if guest_file
+            else read_guest_qga(qga_socket)
+            if qga_socket
+            else None
+        )
         report = process_report(result, top=top, guest=view)
         report["seconds"] = round(seconds, 3)
         if parquet_dir:

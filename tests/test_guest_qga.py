@@ -1,0 +1,52 @@
+"""The guest's page flags through the QEMU guest agent, against its own /proc/meminfo."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import dedupx
+from dedupx.exceptions import QmpError
+from dedupx.guest_agent import lru_pages
+from test_guest_agent import TOLERANCE
+
+from guest_kit import Guest, ensure_packages, guest_assets, qga_args
+from test_errors import run_cli
+
+
+def test_qga_classes_agree_with_meminfo(tmp_path: Path) -> None:
+    ensure_packages()
+    sock_dir = Path(tempfile.mkdtemp(prefix="dqga-"))  # unix socket paths must be short
+    sock = sock_dir / "qga.sock"
+    try:
+        with Guest(
+            guest_assets(variant="qga"),
+            mem_mib=256,
+            name="qga",
+            workdir=tmp_path,
+            extra_args=qga_args(sock),
+        ) as g:
+            view = dedupx.read_guest_qga(sock)
+            assert view.meta["kernel"].endswith("cloud-amd64")
+            assert not view.mglru
+            before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
+            for name, v in lru_pages(view).items():
+                lo, hi = sorted((before[name] // 4, after[name] // 4))
+                slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
+                assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+            classes = dict(view.frames.group_by("class").len().iter_rows())
+            assert sum(classes.values()) == view.frames.height
+            assert classes["free"] > classes.get("anon", 0)  # an idle guest is mostly free
+            res = run_cli("scan", "--pid", str(g.pid), "--qga", str(sock))
+            assert res.returncode == 0, res.stderr
+            assert "guest says free" in res.stdout
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_qga_socket_missing(tmp_path: Path) -> None:
+    with pytest.raises(QmpError, match="cannot connect"):
+        dedupx.read_guest_qga(tmp_path / "nope.sock")
