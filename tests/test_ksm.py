@@ -13,6 +13,7 @@ import pytest
 import dedupx
 
 from guest_kit import Guest, ensure_packages, guest_assets
+from test_footprint import rollup
 
 KSM = Path("/sys/kernel/mm/ksm")
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -83,8 +84,15 @@ def test_ksm_merges_what_dedupx_predicts(tmp_path: Path, thp: str) -> None:
         snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "before-ksm"))
         pred = dedupx.ksm_prediction(snap).row(0, named=True)
         assert pred["pages_sharing"] > 10_000, pred
+        pss_before = rollup(guests[0].pid)["Pss"]
         with ksm_running():
             merged = wait_converged()
+            fp = dedupx.footprint(dedupx.scan(guests[0].pid)).row(0, named=True)
+        assert fp["pss_bytes"] < fp["pss_without_ksm_bytes"]
+        if thp == "never":
+            # A guest's PSS without KSM's merges is what it was before KSM ran. (With THPs,
+            # splitting them for KSM frees their zero-filled subpages: RSS itself drops.)
+            assert abs(fp["pss_without_ksm_bytes"] - pss_before) <= 0.005 * pss_before
         print(f"THP {thp}: KSM merged {merged}, dedupx predicted {pred}")
         if thp == "never":
             assert pred["thp_frames"] == 0

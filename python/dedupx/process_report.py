@@ -71,6 +71,10 @@ def guest_summary(scan: ProcessScan, view: GuestView | None = None) -> dict[str,
         "backends": [b.__dict__ for b in cfg.backends],
         "drives": [str(d) for d in cfg.drives],
     }
+    from dedupx.analysis.dedup_matrix import dedup_matrix
+
+    # Within the guest only: the host and other VMs are in a host snapshot (dedupx analyze).
+    out["dedup_matrix"] = dedup_matrix(scan, scan.pid).to_dicts()
     if view is not None:
         from dedupx.guest_agent import inactive_bloat
 

@@ -51,6 +51,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     for cls in ("anon", "file", "shmem"):
         t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
     t.add_row("swap", _mib(r["swap_bytes"]), "", "")
+    t.add_row("PSS were KSM's merges undone", "", _mib(fp.get("pss_without_ksm_bytes", 0)), "")
     console.print(t)
 
     t = Table(title="Mapped pages by class", title_justify="left")
@@ -118,6 +119,10 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
             )
             for block, b in g["blocks"].items():
                 t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+        within = next((r for r in g.get("dedup_matrix", []) if r["row"] == "within"), None)
+        if within:
+            t.add_row("duplicated within the guest (pages)", f"{within['total']:,}")
+            t.add_row("  of which KSM can merge", f"{within['ksm_reachable']:,}")
         for cls, n in g.get("guest_classes", {}).items():
             t.add_row(f"guest says {cls}", f"{n:,} pages")
         if g.get("bloat"):

@@ -23,9 +23,17 @@ COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 
 
 def _scoped_frames(data: Any, pid: int) -> pl.LazyFrame:
-    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host"."""
+    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host". A
+    scan of V's process alone has only V's frames: its host and vm rows stay empty."""
+    if getattr(data, "processes", None) is None and getattr(data, "pages", None) is not None:
+        if getattr(data, "pid", pid) != pid:
+            raise NotAGuest(f"this scan is of PID {data.pid}, not {pid}")
+        return hashed_frames(data).with_columns(
+            pl.lit("v").alias("scope"),
+            (pl.col("ksm_eligible") & flag(KPF_THP).fill_null(False)).alias("thp"),
+        )
     if getattr(data, "processes", None) is None or getattr(data, "pages", None) is None:
-        raise TypeError("dedup_matrix needs a host snapshot (processes, pages and frames)")
+        raise TypeError("dedup_matrix needs a host snapshot or a scan of the guest's process")
     procs = data.processes.lazy() if isinstance(data.processes, pl.DataFrame) else data.processes
     pages = data.pages.lazy() if isinstance(data.pages, pl.DataFrame) else data.pages
     kinds = procs.select("pid", "kind")

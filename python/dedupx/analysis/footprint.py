@@ -11,14 +11,15 @@ from typing import Any
 import polars as pl
 
 from dedupx.analysis.frames_input import pages_and_vmas
-from dedupx.kpageflags import KPF_ANON, flag, is_shmem, is_zero_page
+from dedupx.kpageflags import KPF_ANON, KPF_KSM, flag, is_shmem, is_zero_page
 
 PAGE_SIZE = 4096
 
 
 def footprint(data: Any) -> pl.DataFrame:
     """One row per PID: ``rss_bytes``, ``pss_bytes``, ``uss_bytes``, each also split as
-    ``anon_*``, ``file_*`` and ``shmem_*``, and ``swap_bytes``."""
+    ``anon_*``, ``file_*`` and ``shmem_*``; ``pss_without_ksm_bytes`` (PSS were KSM's current
+    merges undone: each KSM page mapped here would be a private copy again); ``swap_bytes``."""
     pages, _ = pages_and_vmas(data)
     resident = pages.filter(pl.col("present") & ~is_zero_page())
     share = PAGE_SIZE / pl.max_horizontal(pl.col("mapcount"), pl.lit(1))
@@ -28,9 +29,11 @@ def footprint(data: Any) -> pl.DataFrame:
         "shmem": is_shmem(),
         "file": ~flag(KPF_ANON) & ~is_shmem(),
     }
+    unmerged = pl.when(flag(KPF_KSM)).then(pl.lit(float(PAGE_SIZE))).otherwise(share)
     aggs = [
         pl.len().mul(PAGE_SIZE).cast(pl.UInt64).alias("rss_bytes"),
         share.sum().round().cast(pl.UInt64).alias("pss_bytes"),
+        unmerged.sum().round().cast(pl.UInt64).alias("pss_without_ksm_bytes"),
         unique.sum().cast(pl.UInt64).alias("uss_bytes"),
     ]
     for name, cond in classes.items():
