@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +44,12 @@ def test_qga_classes_agree_with_meminfo(tmp_path: Path) -> None:
             res = run_cli("scan", "--pid", str(g.pid), "--qga", str(sock))
             assert res.returncode == 0, res.stderr
             assert "guest says free" in res.stdout
+            snap = dedupx.snapshot(tmp_path / "snap")
+            res = run_cli("analyze", str(snap), "--json", "--qga", f"{g.pid}={sock}")
+            assert res.returncode == 0, res.stderr
+            (vm,) = [v for v in json.loads(res.stdout)["vms"] if v["pid"] == g.pid]
+            assert set(vm["guest_classes"]) == set(classes)
+            assert vm["bloat"]["bloat_pages"] is None  # no hashes come through the agent
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
 

@@ -271,22 +271,40 @@ def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quie
     metavar="PID=FILE",
     help="A dedupx-agent file written inside the guest whose QEMU process is PID (repeatable).",
 )
-def analyze_cmd(snapshot_dir: str, as_json: bool, top: int, guest_files: tuple[str, ...]) -> None:
+@click.option(
+    "--qga",
+    "qga_sockets",
+    multiple=True,
+    metavar="PID=SOCKET",
+    help="The guest agent socket of the guest whose QEMU process is PID (repeatable).",
+)
+def analyze_cmd(
+    snapshot_dir: str,
+    as_json: bool,
+    top: int,
+    guest_files: tuple[str, ...],
+    qga_sockets: tuple[str, ...],
+) -> None:
     """Analyse a saved snapshot: footprint per process and per group (each VM, containers
     by cgroup, other host processes), host-wide duplicates by kind with KSM's reach, the
     most duplicated contents and where they live, and coverage. For each VM: its dedup
     matrix (within itself, with the host, with other VMs; what KSM can reach and misses)
     and its incremental cost; with --guest, its RAM by what the guest says and its cold
     inactive-LRU memory."""
-    from dedupx.guest_agent import read_guest_agent
+    from dedupx.guest_agent import GuestView, read_guest_agent
+    from dedupx.qemu.qga import read_guest_qga
 
     def work() -> None:
-        guests = {}
-        for spec in guest_files:
-            pid, sep, path = spec.partition("=")
-            if not sep or not pid.isdigit():
-                raise UsageError(f"--guest takes PID=FILE, not {spec!r}")
-            guests[int(pid)] = read_guest_agent(path)
+        guests: dict[int, GuestView] = {}
+        for option, specs, read in (
+            ("--guest", guest_files, read_guest_agent),
+            ("--qga", qga_sockets, read_guest_qga),
+        ):
+            for spec in specs:
+                pid, sep, path = spec.partition("=")
+                if not sep or not pid.isdigit():
+                    raise UsageError(f"{option} takes PID=PATH, not {spec!r}")
+                guests[int(pid)] = read(path)
         report = snapshot_report(open_snapshot(snapshot_dir), top=top, guests=guests)
         if as_json:
             click.echo(json.dumps(report, default=str))
