@@ -118,6 +118,18 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="For a QEMU process: its guest agent's socket, to read the guest's page flags.",
 )
+@click.option(
+    "--qmp",
+    "qmp_socket",
+    type=click.Path(dir_okay=False),
+    help="For a QEMU process: its QMP socket (default: one its command line names).",
+)
+@click.option(
+    "--ept",
+    "ept_file",
+    type=click.Path(dir_okay=False),
+    help="For a QEMU process: an external EPT dump (CSV or Parquet of gpa, hpa) to map it.",
+)
 def scan_cmd(
     pid: int,
     as_json: bool,
@@ -128,6 +140,8 @@ def scan_cmd(
     proc_root: str,
     guest_file: str | None,
     qga_socket: str | None,
+    qmp_socket: str | None,
+    ept_file: str | None,
 ) -> None:
     """Scan one process: footprint (RSS/PSS/USS), page classes, duplicate contents by kind
     (anon/anon, file/file, anon/file), what KSM can reach and what it misses, the most
@@ -154,7 +168,7 @@ def scan_cmd(
             if qga_socket
             else None
         )
-        report = process_report(result, top=top, guest=view)
+        report = process_report(result, top=top, guest=view, qmp=qmp_socket, ept=ept_file)
         report["seconds"] = round(seconds, 3)
         if parquet_dir:
             write_frames(

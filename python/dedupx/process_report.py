@@ -53,7 +53,12 @@ def coverage(scan: ProcessScan) -> dict[str, Any]:
     }
 
 
-def guest_summary(scan: ProcessScan, view: GuestView | None = None) -> dict[str, Any] | None:
+def guest_summary(
+    scan: ProcessScan,
+    view: GuestView | None = None,
+    qmp: str | None = None,
+    ept: str | None = None,
+) -> dict[str, Any] | None:
     """For a QEMU process: its configuration and how its guest-physical pages map to host
     pages; None for other processes. A map that cannot be made is reported, not raised."""
     from dedupx.exceptions import DedupxError
@@ -81,7 +86,7 @@ def guest_summary(scan: ProcessScan, view: GuestView | None = None) -> dict[str,
         out["guest_classes"] = dict(view.frames.group_by("class").len().sort("class").iter_rows())
         out["bloat"] = inactive_bloat(view)
     try:
-        gm = scan.gpa_map
+        gm = scan.guest_map(qmp=qmp, ept=ept) if qmp or ept else scan.gpa_map
     except DedupxError as e:
         out["gpa_map_error"] = str(e)
         return out
@@ -100,7 +105,11 @@ def guest_summary(scan: ProcessScan, view: GuestView | None = None) -> dict[str,
 
 
 def process_report(
-    scan: ProcessScan, top: int = 10, guest: GuestView | None = None
+    scan: ProcessScan,
+    top: int = 10,
+    guest: GuestView | None = None,
+    qmp: str | None = None,
+    ept: str | None = None,
 ) -> dict[str, Any]:
     fp_rows = footprint(scan).to_dicts()
     fp = fp_rows[0] if fp_rows else {}
@@ -121,7 +130,7 @@ def process_report(
         "duplicates_mib": {k: dup[k] * PAGE_SIZE / MIB for k in (*SAVING_COLUMNS, "ksm_reachable")},
         "top_duplicates": tops,
         "coverage": coverage(scan),
-        "guest": guest_summary(scan, guest),
+        "guest": guest_summary(scan, guest, qmp, ept),
         "vmas": scan.vmas.height,
         "threads": scan.stats.get("threads", 0),
     }
