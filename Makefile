@@ -1,8 +1,8 @@
 # dedupx: one entry point for people and CI. `make help` lists the targets.
 SHELL := /bin/bash
 PYTHON ?= python3
-# The process `make run` scans: the one with the largest resident set, unless PID=... is given.
-PID ?= $(shell ps -eo pid= --sort=-rss | head -n 1 | tr -d ' ')
+# The process `make run` scans: PID=N, else the largest one dedupx may read.
+PID ?=
 APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio
 
 .PHONY: help setup build run test test-rs test-py lint bench fmt agent
@@ -18,7 +18,7 @@ setup: ## install system packages and build+install dedupx with its test tools
 	$(PYTHON) -m pip install -q ".[test]"
 
 run: setup ## build, install and scan the largest process on this host (or PID=N)
-	dedupx scan --pid $(PID)
+	dedupx scan $(if $(PID),--pid $(PID))
 
 test: setup test-rs test-py lint ## everything: Rust tests, Python tests against real processes, lints
 

@@ -68,3 +68,11 @@ def test_help_explains() -> None:
     assert res.returncode == 0
     for word in ("--pid", "--json", "--parquet", "--quiet", "anon/anon"):
         assert word in res.stdout
+
+
+def test_scan_without_pid_takes_the_largest_readable_process() -> None:
+    res = run_cli("scan", "--json", "--top", "1")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert f"scanning PID {report['pid']}" in res.stderr
+    assert report["rss_bytes"] > 0

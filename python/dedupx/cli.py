@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from dedupx import __version__
-from dedupx.exceptions import DedupxError, DedupxIOError, UsageError
+from dedupx.exceptions import (
+    DedupxError,
+    DedupxIOError,
+    KernelUnsupported,
+    PfnHidden,
+    UsageError,
+)
 from dedupx.parquet_output import write_frames
 from dedupx.process_report import process_report
-from dedupx.process_scan import ProgressCallback, scan
+from dedupx.process_scan import ProcessScan, ProgressCallback, scan
 from dedupx.render import render_process_report, render_snapshot_report
 from dedupx.snapshot import open_snapshot
 from dedupx.snapshot_report import snapshot_report
@@ -88,7 +95,9 @@ def main() -> None:
 
 
 @main.command("scan")
-@click.option("--pid", "-p", type=int, required=True, help="Process to scan.")
+@click.option(
+    "--pid", "-p", type=int, help="Process to scan (default: the largest one dedupx may read)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option(
     "--parquet",
@@ -131,7 +140,7 @@ def main() -> None:
     help="For a QEMU process: an external EPT dump (CSV or Parquet of gpa, hpa) to map it.",
 )
 def scan_cmd(
-    pid: int,
+    pid: int | None,
     as_json: bool,
     parquet_dir: str | None,
     top: int,
@@ -154,7 +163,10 @@ def scan_cmd(
     def work() -> None:
         started = time.monotonic()
         with progress_bar(not quiet) as update:
-            result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
+            if pid is None:
+                result = scan_largest(threads, update, proc_root)
+            else:
+                result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
         seconds = time.monotonic() - started
         from dedupx.guest_agent import read_guest_agent
         from dedupx.qemu.qga import read_guest_qga
@@ -192,6 +204,31 @@ def scan_cmd(
                 console.print(f"Frames written to {parquet_dir}")
 
     run_guarded(work)
+
+
+def scan_largest(threads: int, update: ProgressCallback | None, proc_root: str) -> ProcessScan:
+    """Scans the process with the largest resident set that dedupx may read (a protected
+    init, say, is passed over), and says which it chose on stderr."""
+    from dedupx.exceptions import PermissionDenied, ProcessGone, ProcessNotFound
+
+    sizes = []
+    for entry in os.listdir(proc_root):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                rss = int(Path(proc_root, entry, "statm").read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            sizes.append((rss, int(entry)))
+    for _, pid in sorted(sizes, reverse=True):
+        try:
+            result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
+        except (PfnHidden, KernelUnsupported):
+            raise
+        except (PermissionDenied, ProcessGone, ProcessNotFound):
+            continue
+        click.echo(f"dedupx: scanning PID {pid} ({result.comm}), the largest process", err=True)
+        return result
+    raise ProcessNotFound("no process that dedupx may read: give one with --pid")
 
 
 def default_snapshot_dir() -> str:
