@@ -31,7 +31,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -195,20 +195,28 @@ def guest_assets(
     return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
 
 
+@contextlib.contextmanager
+def _extracted_package(cache_dir: Path, package: str) -> Iterator[Path]:
+    """Downloads a Debian package into a temporary directory in `cache_dir` and yields where
+    its files were extracted; all of it is removed afterwards (a kill leaves a hidden dir)."""
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{package}.") as tmp:
+        cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", package]
+        try:
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        except subprocess.CalledProcessError:
+            _apt_update_once()  # stale package lists may not name it yet
+            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        (deb,) = Path(tmp).glob("*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        yield Path(tmp, "x")
+
+
 def _qga_files(cache_dir: Path) -> list[tuple[str, int, bytes, int]]:
     """qemu-ga from Debian's package and the shared libraries it needs, as initramfs entries."""
     exe = cache_dir / "qemu-ga"
     if not exe.exists():
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".qga.") as tmp:
-            cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", "qemu-guest-agent"]
-            try:
-                subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-            except subprocess.CalledProcessError:
-                _apt_update_once()
-                subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-            (deb,) = Path(tmp).glob("*.deb")
-            subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
-            os.replace(Path(tmp, "x", "usr", "sbin", "qemu-ga"), exe)
+        with _extracted_package(cache_dir, "qemu-guest-agent") as x:
+            os.replace(x / "usr" / "sbin" / "qemu-ga", exe)
     ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True).stdout
     libs = sorted({m for m in re.findall(r"(/\S+\.so[.\d]*)", ldd)})
     entries: list[tuple[str, int, bytes, int]] = [("bin/qemu-ga", 0o100755, exe.read_bytes(), 0)]
@@ -235,16 +243,8 @@ def _generic_kernel(cache_dir: Path, cloud: Path) -> Path:
     dest = cache_dir / f"vmlinuz-{version}"
     if dest.exists():
         return dest
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".kernel.") as tmp:
-        cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", f"linux-image-{version}"]
-        try:
-            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        except subprocess.CalledProcessError:
-            _apt_update_once()
-            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        (deb,) = Path(tmp).glob("*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
-        os.replace(Path(tmp, "x", "boot", f"vmlinuz-{version}"), dest)
+    with _extracted_package(cache_dir, f"linux-image-{version}") as x:
+        os.replace(x / "boot" / f"vmlinuz-{version}", dest)
     return dest
 
 
@@ -254,19 +254,11 @@ def _modules(cache_dir: Path, kernel: Path) -> Path:
     dest = cache_dir / f"modules-{version}"
     if dest.is_dir():
         return dest
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".modules.") as tmp:
-        cmd = ["apt-get", "-o", "APT::Sandbox::User=root", "download", f"linux-image-{version}"]
-        try:
-            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        except subprocess.CalledProcessError:
-            _apt_update_once()
-            subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        (deb,) = Path(tmp).glob("*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
-        out = Path(tmp, "out")
+    with _extracted_package(cache_dir, f"linux-image-{version}") as x:
+        out = x.parent / "out"
         out.mkdir()
         for m in AGENT_MODULES:
-            os.replace(Path(tmp, "x", "lib", "modules", version, "kernel", m), out / Path(m).name)
+            os.replace(x / "lib" / "modules" / version / "kernel" / m, out / Path(m).name)
         os.replace(out, dest)
     return dest
 
