@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import array
 import base64
-import json
 import os
 import random
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,73 +17,43 @@ import polars as pl
 
 from dedupx.exceptions import QmpError
 from dedupx.guest_agent import GuestView, guest_class
+from dedupx.qemu.json_socket import JsonLineSocket
 
 CHUNK = 1 << 20
 
 
-class Qga:
+class Qga(JsonLineSocket):
     """One connection to a guest agent; failures raise ``QmpError`` naming the socket."""
 
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except OSError as e:
-            self.sock.close()
-            raise QmpError(
-                f"cannot connect to guest agent socket {path}: {e.strerror or e}"
-            ) from None
-        self.buf = b""
+        super().__init__(path, "guest agent", timeout)
         self._sync()
 
     def _sync(self) -> None:
         """guest-sync-delimited: the agent answers after a 0xFF byte, which marks where
         whatever an earlier client left in the channel ends."""
         token = random.randrange(1, 2**31)
-        self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        self.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
         while True:
-            b = self._recv_some()
+            b = self.recv_some()
             if b"\xff" in b:
                 self.buf = b.split(b"\xff", 1)[1]
                 break
-        if self._read() != token:
-            raise QmpError(f"guest agent on {self.path} did not echo the sync token")
+        if self._result() != token:
+            raise self.fail("did not echo the sync token")
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        try:
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        except OSError as e:
-            raise QmpError(f"guest agent socket {self.path}: {e.strerror or e}") from None
-
-    def _recv_some(self) -> bytes:
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except OSError as e:
-            raise QmpError(f"guest agent on {self.path} did not answer: {e}") from None
-        if not chunk:
-            raise QmpError(f"guest agent socket {self.path} closed the connection")
-        return chunk
-
-    def _read(self) -> Any:
-        while b"\n" not in self.buf:
-            self.buf += self._recv_some()
-        line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            raise QmpError(f"guest agent on {self.path} sent something that is not JSON") from None
+    def _result(self) -> Any:
+        msg = self.read_message()
         if "error" in msg:
             err = msg["error"]
-            raise QmpError(f"guest agent on {self.path}: {err.get('desc', err)}")
+            raise self.fail(str(err.get("desc", err) if isinstance(err, dict) else err))
         if "return" not in msg:
-            raise QmpError(f"guest agent on {self.path}: reply without a result")
+            raise self.fail("reply without a result")
         return msg["return"]
 
     def execute(self, command: str, **args: Any) -> Any:
-        self._send({"execute": command, **({"arguments": args} if args else {})})
-        return self._read()
+        self.send({"execute": command, **({"arguments": args} if args else {})})
+        return self._result()
 
     def read_file(self, path: str) -> bytes:
         handle = self.execute("guest-file-open", path=path, mode="r")
@@ -99,9 +67,6 @@ class Qga:
         finally:
             self.execute("guest-file-close", handle=handle)
         return bytes(out)
-
-    def close(self) -> None:
-        self.sock.close()
 
     def __enter__(self) -> Qga:
         return self
