@@ -47,15 +47,25 @@ BUSYBOX = Path("/bin/busybox")
 # elsewhere would leave a second, stale copy in freed guest pages.
 VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0, "qga": 0}
 
-# The "qga" variant runs QEMU's guest agent on a virtio serial port (the host end is a
-# socket: see QGA_ARGS). Debian's qemu-ga is dynamically linked: its libraries ride along.
-QGA_RC = """\
+# Loads the virtio modules (the cloud kernel builds them as modules) and waits for the
+# virtio serial port the agent variants talk through.
+VIRTIO_RC = """\
 #!/bin/sh
+# Dependencies first whatever the order: a module whose symbols are not there yet loads on
+# a later pass.
 for pass in 1 2 3 4; do for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done; done
 for i in $(seq 50); do [ -e /dev/vport0p1 ] || [ -e /dev/vport1p1 ] && break; sleep 0.1; done
+"""
+
+# The "qga" variant runs QEMU's guest agent on a virtio serial port (the host end is a
+# socket: see QGA_ARGS). Debian's qemu-ga is dynamically linked: its libraries ride along.
+QGA_RC = (
+    VIRTIO_RC
+    + """\
 mkdir -p /var/run /tmp/qga
 qemu-ga -m virtio-serial -p "$(ls /dev/vport*p1 | head -n 1)" -t /tmp/qga -d
 """
+)
 
 
 def qga_args(socket_path: Path) -> tuple[str, ...]:
@@ -90,16 +100,14 @@ AGENT_MODULES = (
     "drivers/virtio/virtio_pci.ko",
     "drivers/char/virtio_console.ko",
 )
-AGENT_RC = """\
-#!/bin/sh
-# Dependencies first whatever the order: a module whose symbols are not there yet loads on
-# a later pass.
-for pass in 1 2 3 4; do for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done; done
-for i in $(seq 50); do [ -e /dev/vport0p1 ] || [ -e /dev/vport1p1 ] && break; sleep 0.1; done
+AGENT_RC = (
+    VIRTIO_RC
+    + """\
 port=$(ls /dev/vport*p1 | head -n 1)
 /bin/dedupx-agent -o "$port"
 echo "DEDUPX-AGENT-DONE rc=$?"
 """
+)
 AGENT_DONE_MARKER = "DEDUPX-AGENT-DONE"
 
 # PID 1 of the guest.
@@ -167,32 +175,33 @@ def guest_assets(
         kernel = _generic_kernel(cache_dir, kernel)
     extra: list[tuple[str, int, bytes, int]] = []
     if agent is not None:
-        mods = _modules(cache_dir, kernel)
         extra = [
-            ("lib", 0o040755, b"", 0),
-            ("lib/modules", 0o040755, b"", 0),
-            *(
-                (f"lib/modules/{i}-{Path(m).name}", 0o100644, (mods / Path(m).name).read_bytes(), 0)
-                for i, m in enumerate(AGENT_MODULES)
-            ),
+            *_virtio_entries(cache_dir, kernel),
             ("bin/dedupx-agent", 0o100755, agent.read_bytes(), 0),
             ("etc/rc.local", 0o100755, AGENT_RC.encode(), 0),
         ]
     if variant == "fill":
         extra = [("etc/rc.local", 0o100755, FILL_RC.encode(), 0)]
     if variant == "qga":
-        mods = _modules(cache_dir, kernel)
         extra = [
-            ("lib", 0o040755, b"", 0),
-            ("lib/modules", 0o040755, b"", 0),
-            *(
-                (f"lib/modules/{i}-{Path(m).name}", 0o100644, (mods / Path(m).name).read_bytes(), 0)
-                for i, m in enumerate(AGENT_MODULES)
-            ),
+            *_virtio_entries(cache_dir, kernel),
             *_qga_files(cache_dir),
             ("etc/rc.local", 0o100755, QGA_RC.encode(), 0),
         ]
     return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
+
+
+def _virtio_entries(cache_dir: Path, kernel: Path) -> list[tuple[str, int, bytes, int]]:
+    """The virtio modules VIRTIO_RC loads, as initramfs entries."""
+    mods = _modules(cache_dir, kernel)
+    return [
+        ("lib", 0o040755, b"", 0),
+        ("lib/modules", 0o040755, b"", 0),
+        *(
+            (f"lib/modules/{i}-{Path(m).name}", 0o100644, (mods / Path(m).name).read_bytes(), 0)
+            for i, m in enumerate(AGENT_MODULES)
+        ),
+    ]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,15 @@ ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
 TOLERANCE = (0.02, 256)
 
 
+def assert_lru_within_meminfo(view: dedupx.GuestView) -> None:
+    """Each LRU list by the guest's flags lies within meminfo before and after, with slack."""
+    before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
+    for name, v in lru_pages(view).items():
+        lo, hi = sorted((before[name] // 4, after[name] // 4))
+        slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
+        assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+
+
 @pytest.fixture(scope="session")
 def agent_binary() -> Path:
     """dedupx-agent, linked statically so that it runs in a bare busybox initramfs."""
@@ -62,11 +71,7 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         assert view.meta["kernel"].endswith("cloud-amd64")
         assert not view.mglru
 
-        before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
-        for name, v in lru_pages(view).items():
-            lo, hi = sorted((before[name] // 4, after[name] // 4))
-            slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
-            assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+        assert_lru_within_meminfo(view)
 
         # The guest's view of each guest-physical page against the host's.
         scan = dedupx.scan(g.pid)

@@ -11,8 +11,7 @@ import pytest
 
 import dedupx
 from dedupx.exceptions import QmpError
-from dedupx.guest_agent import lru_pages
-from test_guest_agent import TOLERANCE
+from test_guest_agent import assert_lru_within_meminfo
 
 from guest_kit import Guest, ensure_packages, guest_assets, qga_args
 from test_errors import run_cli
@@ -33,11 +32,7 @@ def test_qga_classes_agree_with_meminfo(tmp_path: Path) -> None:
             view = dedupx.read_guest_qga(sock)
             assert view.meta["kernel"].endswith("cloud-amd64")
             assert not view.mglru
-            before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
-            for name, v in lru_pages(view).items():
-                lo, hi = sorted((before[name] // 4, after[name] // 4))
-                slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
-                assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+            assert_lru_within_meminfo(view)
             classes = dict(view.frames.group_by("class").len().iter_rows())
             assert sum(classes.values()) == view.frames.height
             assert classes["free"] > classes.get("anon", 0)  # an idle guest is mostly free

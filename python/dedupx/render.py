@@ -19,6 +19,21 @@ def _pages(n: int, page_size: int) -> tuple[str, str]:
     return f"{n:,}", _mib(n * page_size)
 
 
+def savings_table(d: dict[str, Any], more: tuple[tuple[str, str], ...]) -> Table:
+    """Pages perfect merging would save, by kind, then the ``more`` rows; n/a where a figure
+    cannot be known (anon and file in a memory image)."""
+    t = Table(title="Duplicate contents: what perfect merging would save", title_justify="left")
+    t.add_column("kind")
+    t.add_column("pages", justify="right")
+    t.add_column("MiB", justify="right")
+    kinds = (("anon_anon", "anon/anon"), ("file_file", "file/file"), ("anon_file", "anon/file"))
+    for key, label in (*kinds, ("total", "total"), *more):
+        v = d.get(key)
+        cells = _pages(v, 4096) if v is not None else ("n/a", "n/a")
+        t.add_row(label, *cells, style="bold" if key == "total" else None)
+    return t
+
+
 def top_table(tops: list[dict[str, Any]], by_kind: bool) -> Table:
     """The most duplicated contents: copies, (anon and file copies,) pages saved, where."""
     t = Table(title="Top duplicated contents", title_justify="left")
@@ -73,19 +88,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     d = r["duplicates"]
-    t = Table(title="Duplicate contents: what perfect merging would save", title_justify="left")
-    t.add_column("kind")
-    t.add_column("pages", justify="right")
-    t.add_column("MiB", justify="right")
-    for key, label in (
-        ("anon_anon", "anon/anon"),
-        ("file_file", "file/file"),
-        ("anon_file", "anon/file"),
-        ("total", "total"),
-    ):
-        t.add_row(label, *_pages(d[key], ps), style="bold" if key == "total" else None)
-    t.add_row("  of which zero-filled", *_pages(d["zero_content"], ps))
-    console.print(t)
+    console.print(savings_table(d, (("zero_content", "  of which zero-filled"),)))
 
     t = Table(title="KSM", title_justify="left")
     t.add_column("")
@@ -143,7 +146,6 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
 
 
 def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
-    ps = 4096
     console.print(
         f"[bold]Snapshot[/bold] {r['path']} ({r['kind']}, {r['hostname']}, kernel "
         f"{r['kernel']}, {r['created']}); source: {r['source']}"
@@ -180,29 +182,22 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
         for p in r["processes"]:
             t.add_row(
                 str(p["pid"]),
-                p["comm"] or "",
+                escape(p["comm"] or ""),
                 p["kind"] or "",
                 _mib(p["rss_bytes"]),
                 _mib(p["pss_bytes"]),
                 _mib(p["uss_bytes"]),
             )
         console.print(t)
-    d = r["duplicates"]
-    t = Table(title="Duplicate contents: what perfect merging would save", title_justify="left")
-    t.add_column("kind")
-    t.add_column("pages", justify="right")
-    t.add_column("MiB", justify="right")
-    for key, label in (
-        ("anon_anon", "anon/anon"),
-        ("file_file", "file/file"),
-        ("anon_file", "anon/file"),
-        ("total", "total"),
-        ("zero_content", "  of which zero-filled"),
-        ("ksm_reachable", "KSM-reachable (anon, mergeable)"),
-    ):
-        v = d.get(key)
-        t.add_row(label, *(_pages(v, ps) if v is not None else ("n/a", "n/a")))
-    console.print(t)
+    console.print(
+        savings_table(
+            r["duplicates"],
+            (
+                ("zero_content", "  of which zero-filled"),
+                ("ksm_reachable", "KSM-reachable (anon, mergeable)"),
+            ),
+        )
+    )
     if r["top_duplicates"]:
         console.print(top_table(r["top_duplicates"], by_kind=False))
     if r.get("vms"):

@@ -19,7 +19,7 @@ use crate::maps::{parse_smaps, Vma};
 use crate::page_contents::{hash_tasks, ProcessFiles, ReadTask};
 use crate::page_hash::{zero_page_hash, PageHash, PageHasher};
 use crate::page_table::{Contents, PageTable, NO_HASH};
-use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::pagemap::Pagemap;
 use crate::parallel::in_pool;
 use crate::phys_image::PhysImage;
 use crate::proc_info::{read_proc_info, ProcInfo};
@@ -388,11 +388,16 @@ impl HostScan {
                 })?;
             }
         }
-        let slot_of = |e: &PagemapEntry| e.pfn().and_then(|pfn| self.pfns.binary_search(&pfn).ok());
+        // Each row's PFN looked up once among pass 1's PFNs.
+        let slots: Vec<Option<usize>> = entries
+            .iter()
+            .map(|e| e.pfn().and_then(|pfn| self.pfns.binary_search(&pfn).ok()))
+            .collect();
         let mut fresh: Vec<u64> = entries
             .iter()
-            .filter(|e| e.present() && slot_of(e).is_none())
-            .filter_map(|e| e.pfn())
+            .zip(&slots)
+            .filter(|(_, s)| s.is_none())
+            .filter_map(|(e, _)| e.pfn())
             .collect();
         fresh.sort_unstable();
         fresh.dedup();
@@ -406,13 +411,13 @@ impl HostScan {
             hash_slot: Vec::with_capacity(n),
             ..PageTable::default()
         };
-        for e in &entries {
+        for (row, e) in entries.iter().enumerate() {
             t.present.push(e.present());
             t.swapped.push(e.swapped());
             t.file_shared.push(e.file_shared());
             t.exclusive.push(e.exclusive());
             t.pfn.push(e.pfn().unwrap_or(0));
-            let (f, c, slot) = match (e.pfn(), slot_of(e)) {
+            let (f, c, slot) = match (e.pfn(), slots[row]) {
                 (_, Some(s)) => (
                     self.flags[s],
                     self.counts[s],
