@@ -89,6 +89,10 @@ class UsageError(DedupxError, ValueError):
     exit_code = 2
 
 
+class FrameExportError(DedupxError):
+    """The core's frames could not be handed to Python (an Arrow conversion failed)."""
+
+
 class OutputError(DedupxError):
     """Results could not be written (full disk, unwritable directory, ...)."""
 
@@ -101,6 +105,7 @@ __all__ = [
     "CorruptSnapshot",
     "DedupxError",
     "DedupxIOError",
+    "FrameExportError",
     "KernelUnsupported",
     "NotAGuest",
     "OutputError",
