@@ -9,10 +9,7 @@ from pathlib import Path
 import polars as pl
 
 import dedupx
-
-from conftest import LayoutProcess
-from test_errors import run_cli
-from test_footprint import rollup
+from helpers import LayoutProcess, rollup, run_cli
 
 
 def test_json_report_matches_api(layout: LayoutProcess) -> None:
@@ -31,7 +28,11 @@ def test_json_report_matches_api(layout: LayoutProcess) -> None:
     assert report["duplicates"] == api
     assert set(report["duplicates"]) >= {"anon_anon", "file_file", "anon_file", "total"}
     cov = report["coverage"]
-    assert cov["hashed_pfns"] == cov["distinct_pfns"] > 0
+    assert cov["pages_hashed"] == cov["pages_in_scope"] > 0
+    assert cov["scope"] == "distinct present frames" and cov["not_covered"] == {
+        "unreadable": 0,
+        "vanished": 0,
+    }
     assert report["page_classes"]["zero_page"] == 3
 
 
@@ -40,16 +41,23 @@ def test_parquet_frames_written_whole(layout: LayoutProcess, tmp_path: Path) -> 
     res = run_cli("scan", "--pid", str(layout.pid), "--parquet", str(out), "--quiet")
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["frames.parquet", "manifest.json", "pages.parquet", "vmas.parquet"]
+    assert names == [
+        "frames.parquet",
+        "manifest.json",
+        "pages.parquet",
+        "processes.parquet",
+        "vmas.parquet",
+    ]
     for p in out.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
     pages = pl.read_parquet(out / "pages.parquet")
-    vmas = pl.read_parquet(out / "vmas.parquet")
     assert pages["pid"].unique().to_list() == [layout.pid]
     assert {"vaddr", "pfn", "hash", "kpageflags", "mapcount"} <= set(pages.columns)
-    # The saved frames give the same answer as a live scan.
+    # The saved scan opens as a snapshot and gives the same answer as a live scan.
     live = dedupx.duplicates(dedupx.scan(layout.pid)).row(0, named=True)
-    assert dedupx.duplicates(pages, vmas=vmas).row(0, named=True) == live
+    saved = dedupx.open_snapshot(out)
+    assert saved.provenance.kind == "process-scan"
+    assert dedupx.duplicates(saved).row(0, named=True) == live
     assert not list(tmp_path.glob(".scan-out.*")), "no temporary directory left behind"
     # A second run refuses to write over it.
     res = run_cli("scan", "--pid", str(layout.pid), "--parquet", str(out), "--quiet")

@@ -10,11 +10,10 @@ import polars as pl
 
 import dedupx
 from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
-
 from guest_kit import Guest, ensure_packages, guest_assets
 
 
-def by_hand(snap: dedupx.Snapshot, v: int) -> dict[str, dict[str, int]]:
+def by_hand(snap: dedupx.Frames, v: int) -> dict[str, dict[str, int]]:
     """DESIGN.md's matrix, one frame at a time."""
     assert snap.pages is not None and snap.processes is not None and snap.vmas is not None
     kind = dict(snap.processes.select("pid", "kind").collect().iter_rows())
@@ -115,7 +114,7 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
         assert other["vm"]["total"] < 0.8 * twin["vm"]["total"]
 
 
-def check_incremental_cost(snap: dedupx.Snapshot, v: int, ram: tuple[int, int]) -> None:
+def check_incremental_cost(snap: dedupx.Frames, v: int, ram: tuple[int, int]) -> None:
     """The guest's exclusive PFNs and unique contents, counted by hand."""
     assert snap.pages is not None
     owners: dict[int, set[int]] = defaultdict(set)

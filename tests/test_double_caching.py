@@ -15,7 +15,6 @@ import polars as pl
 
 import dedupx
 from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED
-
 from guest_kit import VARIANT_PAYLOAD_MIB, Guest, ensure_packages, guest_assets
 
 PAGE = 4096
@@ -35,7 +34,9 @@ def test_guest_disk_cache_duplicates_guest_ram(tmp_path: Path) -> None:
     ) as g:
         g.stop()
         snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap"))
-        (cached,) = [f for f in snap.manifest["scan"]["cached_files"] if f["path"] == str(disk)]
+        (cached,) = [
+            f for f in snap.provenance.manifest["scan"]["cached_files"] if f["path"] == str(disk)
+        ]
         assert cached == {"path": str(disk), "cached_pages": 2048, "pages": 2048}
         mine = snap.frames.filter(pl.col("hash").is_in(list(hashes))).collect()
         anon = (mine["kpageflags"] & ((1 << KPF_ANON) | (1 << KPF_SWAPBACKED))) != 0

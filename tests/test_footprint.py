@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 import dedupx
-
-from conftest import PAGE, LayoutProcess
-
-
-def rollup(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
+from helpers import PAGE, LayoutProcess, rollup
 
 
 def test_rss_pss_match_smaps_rollup(layout: LayoutProcess) -> None:
@@ -47,7 +34,12 @@ def test_uss_counts_pages_only_this_process_maps(layout: LayoutProcess) -> None:
     assert fp["anon_uss_bytes"] >= anon_pages * PAGE
 
 
-def test_footprint_of_a_bare_pages_frame(layout: LayoutProcess) -> None:
+def test_footprint_of_a_narrowed_capture(layout: LayoutProcess) -> None:
     scan = dedupx.scan(layout.pid)
-    assert dedupx.footprint(scan.pages).equals(dedupx.footprint(scan))
-    assert dedupx.footprint(scan.pages.filter(pl.lit(False))).height == 0
+    frames = scan.to_frames()
+    assert dedupx.footprint(frames).equals(dedupx.footprint(scan))
+    assert dedupx.footprint(frames.restrict(pl.lit(False))).height == 0
+    # One region alone: its RSS is its pages, counted by hand.
+    start, n = layout.regions["anon.bin"]
+    only = frames.restrict(pl.col("vaddr").is_between(start, start + n * PAGE, closed="left"))
+    assert dedupx.footprint(only)["rss_bytes"].to_list() == [n * PAGE]

@@ -13,28 +13,14 @@ import polars as pl
 import pytest
 
 import dedupx
+from dedupx.analysis.guest_memory import inactive_bloat
 from dedupx.exceptions import CorruptAgentFile
-from dedupx.guest_agent import inactive_bloat, lru_pages
-
 from guest_kit import Guest, ensure_packages, guest_assets
-from test_errors import run_cli
+from helpers import assert_lru_within_meminfo, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 4096
 ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
-# The guest's lists move a little between meminfo and the flags (the agent's own pages
-# among them): each list must lie within its meminfo values read just before and just after
-# the flags, give or take 2% or 1 MiB.
-TOLERANCE = (0.02, 256)
-
-
-def assert_lru_within_meminfo(view: dedupx.GuestView) -> None:
-    """Each LRU list by the guest's flags lies within meminfo before and after, with slack."""
-    before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
-    for name, v in lru_pages(view).items():
-        lo, hi = sorted((before[name] // 4, after[name] // 4))
-        slack = max(TOLERANCE[0] * hi, TOLERANCE[1])
-        assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +62,8 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         # The guest's view of each guest-physical page against the host's.
         scan = dedupx.scan(g.pid)
         host = (
-            scan.gpa_map.filter(pl.col("block") == "pc.ram")
+            scan.guest_map()
+            .filter(pl.col("block") == "pc.ram")
             .join(
                 scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash"),
                 on="hva",

@@ -11,10 +11,8 @@ import pytest
 
 import dedupx
 from dedupx.exceptions import QmpError
-from test_guest_agent import assert_lru_within_meminfo
-
 from guest_kit import Guest, ensure_packages, guest_assets, qga_args
-from test_errors import run_cli
+from helpers import assert_lru_within_meminfo, run_cli
 
 
 def test_qga_classes_agree_with_meminfo(tmp_path: Path) -> None:

@@ -12,10 +12,8 @@ import pytest
 import dedupx
 from dedupx.analysis.compare import compare
 from dedupx.exceptions import CorruptImage
-from dedupx.memory_image import read_image
-
-from conftest import PAGE, fill_page
-from test_errors import assert_one_line_error, run_cli
+from dedupx.sources.image import read_image
+from helpers import PAGE, assert_one_line_error, fill_page, run_cli
 
 A, B, C = fill_page(0xA1), fill_page(0xB2), fill_page(0xC3)
 Z = bytes(PAGE)
@@ -106,11 +104,11 @@ def test_image_snapshot_and_compare(tmp_path: Path) -> None:
     res = run_cli("image", str(a), "-o", str(tmp_path / "a.snap"), "--quiet")
     assert res.returncode == 0, res.stderr
     snap = dedupx.open_snapshot(tmp_path / "a.snap")
-    assert snap.manifest["source"] == "image:raw"
-    assert snap.manifest["coverage"]["pages_hashed"] == 4
+    assert snap.provenance.manifest["source"] == "image:raw"
+    assert snap.provenance.coverage["pages_hashed"] == 4
     assert snap.frames.collect().height == 4
     # B's A, Z and B are in A; its two Cs are not.
-    row = compare(tmp_path / "a.snap", b).row(0, named=True)
+    row = compare(dedupx.load(tmp_path / "a.snap"), dedupx.load(b)).row(0, named=True)
     assert (row["a_frames"], row["b_frames"], row["shared"], row["b_only"]) == (4, 5, 3, 2)
     assert (row["b_contents"], row["shared_contents"], row["b_only_contents"]) == (4, 3, 1)
     res = run_cli("compare", str(a), str(b), "--json")

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import dedupx
-
 from guest_kit import Guest, ensure_packages, guest_assets
-from test_footprint import rollup
+from helpers import rollup
 
 KSM = Path("/sys/kernel/mm/ksm")
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")

@@ -9,8 +9,7 @@ import polars as pl
 
 import dedupx
 from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
-
-from conftest import PAGE, LayoutProcess
+from helpers import PAGE, LayoutProcess
 
 
 def expected_savings(spec: dict[str, list[bytes]]) -> dict[str, int]:
@@ -33,12 +32,20 @@ def expected_savings(spec: dict[str, list[bytes]]) -> dict[str, int]:
     return out
 
 
-def fixture_pages(scan: dedupx.ProcessScan, lp: LayoutProcess) -> pl.DataFrame:
-    ranges = [(s, s + n * PAGE) for s, n in lp.regions.values()]
+def in_fixture(lp: LayoutProcess) -> pl.Expr:
     cond = pl.lit(False)
-    for lo, hi in ranges:
-        cond = cond | pl.col("vaddr").is_between(lo, hi, closed="left")
-    return scan.pages.filter(cond)
+    for start, n in lp.regions.values():
+        cond = cond | pl.col("vaddr").is_between(start, start + n * PAGE, closed="left")
+    return cond
+
+
+def fixture_pages(scan: dedupx.ProcessScan, lp: LayoutProcess) -> pl.DataFrame:
+    return scan.pages.filter(in_fixture(lp))
+
+
+def fixture_frames(scan: dedupx.ProcessScan, lp: LayoutProcess) -> dedupx.Frames:
+    """The scan narrowed to the pages the test laid out (the interpreter's own aside)."""
+    return scan.to_frames().restrict(in_fixture(lp))
 
 
 def test_layout_hand_count_matches_rule(layout: LayoutProcess) -> None:
@@ -56,8 +63,7 @@ def test_layout_hand_count_matches_rule(layout: LayoutProcess) -> None:
 
 def test_duplicates_exact(layout: LayoutProcess) -> None:
     scan = dedupx.scan(layout.pid)
-    pages = fixture_pages(scan, layout)
-    got = dedupx.duplicates(pages, vmas=scan.vmas).row(0, named=True)
+    got = dedupx.duplicates(fixture_frames(scan, layout)).row(0, named=True)
     want = expected_savings(layout.spec)
     for key in ("anon_anon", "file_file", "anon_file", "total", "ksm_reachable"):
         assert got[key] == want[key], key
@@ -103,7 +109,7 @@ def test_hashes_equal_blake3_and_classes_are_right(layout: LayoutProcess) -> Non
 
 def test_top_duplicates_name_where_content_lives(layout: LayoutProcess) -> None:
     scan = dedupx.scan(layout.pid)
-    top = dedupx.top_duplicates(fixture_pages(scan, layout), n=3, vmas=scan.vmas)
+    top = dedupx.top_duplicates(fixture_frames(scan, layout), n=3)
     s_hash = blake3.blake3(bytes([0xAB]) * PAGE).hexdigest()[:32]
     x_content = layout.spec["anon.bin"][2]
     x_hash = blake3.blake3(x_content).hexdigest()[:32]

@@ -17,9 +17,7 @@ import pytest
 
 import dedupx
 from dedupx.exceptions import CorruptSnapshot, SnapshotVersionError
-
-from conftest import PAGE
-from test_errors import assert_one_line_error, run_cli
+from helpers import PAGE, assert_one_line_error, run_cli
 
 MANIFEST_KEYS = {
     "format_version",
@@ -42,7 +40,7 @@ def host_snapshot_dir(
 ) -> tuple[Path, dict[int, bytes], int]:
     """One snapshot of this host taken while a layout process runs; returns the snapshot,
     the layout's vaddr -> content, and its PID."""
-    from conftest import fixture_spec, start_layout, stop
+    from helpers import fixture_spec, start_layout, stop
 
     work = tmp_path_factory.mktemp("snap")
     lp = start_layout(page_layout_bin, work / "layout", fixture_spec(), zeroread=3)
@@ -60,12 +58,12 @@ def test_snapshot_manifest_and_modes(host_snapshot_dir: tuple[Path, dict[int, by
     out, _, _ = host_snapshot_dir
     m = json.loads((out / "manifest.json").read_text())
     assert set(m) >= MANIFEST_KEYS
-    assert m["format_version"] == 1 and m["page_size"] == PAGE and m["kind"] == "host"
+    assert m["format_version"] == 2 and m["page_size"] == PAGE and m["kind"] == "host"
     assert m["kernel"] == os.uname().release
     cov = m["coverage"]
-    assert cov["pages_of_ram"] == m["rows"]["frames"]
-    assert 0 < cov["pages_hashed"] <= cov["pages_of_ram"]
-    assert cov["pages_hashed"] + sum(cov["not_covered"].values()) == cov["pages_of_ram"]
+    assert cov["pages_in_scope"] == m["rows"]["frames"]
+    assert 0 < cov["pages_hashed"] <= cov["pages_in_scope"]
+    assert cov["pages_hashed"] + sum(cov["not_covered"].values()) == cov["pages_in_scope"]
     if not Path("/proc/kcore").exists():
         assert "mapped pages only" in cov["source"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o700

@@ -1,4 +1,10 @@
-"""dedupx: what each process and guest really costs in memory, and what of it is duplicated."""
+"""dedupx: what each process and guest really costs in memory, and what of it is duplicated.
+
+The package reads as the pipeline does: ``sources`` (a live process, the whole host, a
+memory image, a guest's own view) → ``store`` (snapshot directories) → ``analysis`` (each
+takes a capture's ``Frames``) → ``report`` (dicts, terminal tables) → ``cli``. Metric
+definitions: docs/metrics.md.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,20 @@ from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
 from dedupx.analysis.dedup_matrix import dedup_matrix
 from dedupx.analysis.duplicates import duplicates, top_duplicates
-from dedupx.analysis.footprint import footprint
+from dedupx.analysis.footprint import footprint, group_footprints
+from dedupx.analysis.guest_memory import inactive_bloat, lru_pages
 from dedupx.analysis.incremental_cost import incremental_cost
 from dedupx.analysis.ksm import ksm_prediction
+from dedupx.analysis.page_counts import page_counts
 from dedupx.exceptions import (
     CorruptAgentFile,
     CorruptImage,
     CorruptSnapshot,
     DedupxError,
     DedupxIOError,
+    FrameExportError,
     KernelUnsupported,
+    MissingFrames,
     NotAGuest,
     OutputError,
     PermissionDenied,
@@ -25,14 +35,16 @@ from dedupx.exceptions import (
     ProcParseError,
     QmpError,
     SnapshotVersionError,
+    UsageError,
 )
-from dedupx.guest_agent import GuestView, read_guest_agent
-from dedupx.host_snapshot import snapshot
-from dedupx.memory_image import MemoryImage, image_snapshot, read_image
-from dedupx.process_scan import ProcessScan, scan
-from dedupx.qemu.qga import read_guest_qga
-from dedupx.snapshot import Snapshot, open_snapshot
-from dedupx.snapshot_report import snapshot_report
+from dedupx.frames import Frames, Provenance, as_frames
+from dedupx.report.snapshot import snapshot_report
+from dedupx.sources.capture import load
+from dedupx.sources.guest_view import GuestView, read_guest_agent, read_guest_qga
+from dedupx.sources.host import snapshot
+from dedupx.sources.image import MemoryImage, image_snapshot, read_image
+from dedupx.sources.process import ProcessScan, scan
+from dedupx.store.snapshot import open_snapshot
 
 __all__ = [
     "CorruptAgentFile",
@@ -40,9 +52,12 @@ __all__ = [
     "CorruptSnapshot",
     "DedupxError",
     "DedupxIOError",
+    "FrameExportError",
+    "Frames",
     "GuestView",
     "KernelUnsupported",
     "MemoryImage",
+    "MissingFrames",
     "NotAGuest",
     "OutputError",
     "PermissionDenied",
@@ -51,18 +66,25 @@ __all__ = [
     "ProcessGone",
     "ProcessNotFound",
     "ProcessScan",
+    "Provenance",
     "QmpError",
-    "Snapshot",
     "SnapshotVersionError",
+    "UsageError",
     "__version__",
+    "as_frames",
     "compare",
     "dedup_matrix",
     "duplicates",
     "footprint",
+    "group_footprints",
     "image_snapshot",
+    "inactive_bloat",
     "incremental_cost",
     "ksm_prediction",
+    "load",
+    "lru_pages",
     "open_snapshot",
+    "page_counts",
     "read_guest_agent",
     "read_guest_qga",
     "read_image",

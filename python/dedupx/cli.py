@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
+import polars as pl
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from dedupx import __version__
-from dedupx.exceptions import (
-    DedupxError,
-    DedupxIOError,
-    KernelUnsupported,
-    PfnHidden,
-    UsageError,
+from dedupx._dedupx import __version__
+from dedupx.analysis.compare import compare
+from dedupx.exceptions import DedupxError, UsageError
+from dedupx.qemu.guests import find_guests
+from dedupx.report.process import process_report
+from dedupx.report.snapshot import snapshot_report
+from dedupx.report.terminal import (
+    render_compare,
+    render_process_report,
+    render_snapshot_report,
+    render_vms,
 )
-from dedupx.parquet_output import write_frames
-from dedupx.process_report import process_report
-from dedupx.process_scan import ProcessScan, ProgressCallback, scan
-from dedupx.render import render_process_report, render_snapshot_report
-from dedupx.snapshot import open_snapshot
-from dedupx.snapshot_report import snapshot_report
+from dedupx.sources.capture import load
+from dedupx.sources.guest_view import GuestView, read_guest_agent, read_guest_qga
+from dedupx.sources.host import snapshot
+from dedupx.sources.image import image_snapshot
+from dedupx.sources.process import ProcessScan, ProgressCallback, scan, scan_largest
+from dedupx.store.parquet import write_frames
+from dedupx.store.snapshot import base_manifest, open_snapshot
 
 STAGES = {
     "processes": "reading processes",
@@ -161,18 +163,19 @@ def scan_cmd(
     """
 
     def work() -> None:
+        if guest_file and qga_socket:
+            raise UsageError("give --guest or --qga, not both")
         started = time.monotonic()
         with progress_bar(not quiet) as update:
             if pid is None:
-                result = scan_largest(threads, update, proc_root)
+                result = scan_largest(threads=threads, progress=update, proc_root=proc_root)
+                click.echo(
+                    f"dedupx: scanning PID {result.pid} ({result.comm}), the largest process",
+                    err=True,
+                )
             else:
                 result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
         seconds = time.monotonic() - started
-        from dedupx.guest_agent import read_guest_agent
-        from dedupx.qemu.qga import read_guest_qga
-
-        if guest_file and qga_socket:
-            raise UsageError("give --guest or --qga, not both")
         view = (
             read_guest_agent(guest_file)
             if guest_file
@@ -180,20 +183,13 @@ def scan_cmd(
             if qga_socket
             else None
         )
-        report = process_report(result, top=top, guest=view, qmp=qmp_socket, ept=ept_file)
+        gpa_map, gpa_map_error = guest_map_or_error(result, qmp_socket, ept_file)
+        report = process_report(
+            result, top=top, guest=view, gpa_map=gpa_map, gpa_map_error=gpa_map_error
+        )
         report["seconds"] = round(seconds, 3)
         if parquet_dir:
-            write_frames(
-                parquet_dir,
-                {"vmas": result.vmas, "pages": result.pages, "frames": result.frames},
-                {
-                    "kind": "process-scan",
-                    "dedupx_version": __version__,
-                    "pid": pid,
-                    "comm": result.comm,
-                    "coverage": report["coverage"],
-                },
-            )
+            save_scan(result, gpa_map, report["coverage"], parquet_dir)
         if as_json:
             click.echo(json.dumps(report, default=str))
         else:
@@ -201,34 +197,41 @@ def scan_cmd(
             render_process_report(report, console)
             console.print(f"Scanned in {seconds:.2f} s on {report['threads']} threads.")
             if parquet_dir:
-                console.print(f"Frames written to {parquet_dir}")
+                console.print(f"Snapshot written to {parquet_dir}")
 
     run_guarded(work)
 
 
-def scan_largest(threads: int, update: ProgressCallback | None, proc_root: str) -> ProcessScan:
-    """Scans the process with the largest resident set that dedupx may read (a protected
-    init, say, is passed over), and says which it chose on stderr."""
-    from dedupx.exceptions import PermissionDenied, ProcessGone, ProcessNotFound
+def guest_map_or_error(
+    result: ProcessScan, qmp: str | None, ept: str | None
+) -> tuple[pl.DataFrame | None, str | None]:
+    """For a QEMU process, its guest map (from QMP, an EPT dump or the command line), or
+    why it could not be made: a report says so rather than failing."""
+    if not result.is_guest:
+        return None, None
+    try:
+        return result.guest_map(qmp=qmp, ept=ept), None
+    except DedupxError as e:
+        return None, str(e)
 
-    sizes = []
-    for entry in os.listdir(proc_root):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                rss = int(Path(proc_root, entry, "statm").read_text().split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            sizes.append((rss, int(entry)))
-    for _, pid in sorted(sizes, reverse=True):
-        try:
-            result = scan(pid, threads=threads, progress=update, proc_root=proc_root)
-        except (PfnHidden, KernelUnsupported):
-            raise
-        except (PermissionDenied, ProcessGone, ProcessNotFound):
-            continue
-        click.echo(f"dedupx: scanning PID {pid} ({result.comm}), the largest process", err=True)
-        return result
-    raise ProcessNotFound("no process that dedupx may read: give one with --pid")
+
+def save_scan(
+    result: ProcessScan, gpa_map: pl.DataFrame | None, coverage: dict[str, Any], out: str
+) -> None:
+    """A scan as a snapshot directory that ``dedupx analyze`` and ``open_snapshot`` open."""
+    frames: dict[str, pl.DataFrame] = {
+        "processes": result.processes(),
+        "vmas": result.vmas,
+        "pages": result.pages,
+        "frames": result.frames,
+    }
+    if gpa_map is not None:
+        frames["gpa_map"] = gpa_map
+    manifest = base_manifest("process-scan", coverage["source"], coverage)
+    manifest["pid"] = result.pid
+    manifest["comm"] = result.comm
+    manifest["scan"] = result.stats
+    write_frames(out, frames, manifest)
 
 
 def default_snapshot_dir() -> str:
@@ -257,18 +260,16 @@ def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str |
     one is readable; otherwise every page some process maps is hashed, each once, and the
     manifest says what was not covered. The directory appears only when complete (0600).
     """
-    from dedupx.host_snapshot import snapshot
-
     out = output or default_snapshot_dir()
 
     def work() -> None:
         with progress_bar(not quiet) as update:
             path = snapshot(out, threads=threads, progress=update, proc_root=proc_root)
-        m = json.loads((path / "manifest.json").read_text())
+        m = open_snapshot(path).provenance.manifest
         c = m["coverage"]
         click.echo(
             f"Snapshot written to {path}: {m['rows']['pages']:,} mapped pages of "
-            f"{m['processes']} processes, {c['pages_hashed']:,} of {c['pages_of_ram']:,} "
+            f"{m['processes']} processes, {c['pages_hashed']:,} of {c['pages_in_scope']:,} "
             f"pages of RAM hashed via {c['source']}."
         )
 
@@ -295,17 +296,15 @@ def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quie
     """Turn a memory image into a snapshot whose frames are keyed by physical page number:
     raw flat dumps, ELF cores (QEMU dump-guest-memory, copies of /proc/kcore, vmcores) and
     LiME. Zero pages and sparse holes are recognised without hashing them."""
-    from dedupx.memory_image import image_snapshot
-
     out = output or f"{file}.dedupx"
 
     def work() -> None:
         with progress_bar(not quiet) as update:
             path = image_snapshot(file, out, format=fmt, threads=threads, progress=update)
-        m = json.loads((path / "manifest.json").read_text())
+        m = open_snapshot(path).provenance.manifest
         click.echo(
             f"Snapshot written to {path}: {m['rows']['frames']:,} pages "
-            f"({m['coverage']['zero_pages']:,} zero) from a {m['image']['format']} image."
+            f"({m['image']['zero_pages']:,} zero) from a {m['image']['format']} image."
         )
 
     run_guarded(work)
@@ -342,8 +341,6 @@ def analyze_cmd(
     matrix (within itself, with the host, with other VMs; what KSM can reach and misses)
     and its incremental cost; with --guest, its RAM by what the guest says and its cold
     inactive-LRU memory."""
-    from dedupx.guest_agent import GuestView, read_guest_agent
-    from dedupx.qemu.qga import read_guest_qga
 
     def work() -> None:
         guests: dict[int, GuestView] = {}
@@ -373,29 +370,13 @@ def compare_cmd(a: str, b: str, as_json: bool) -> None:
     """Compare two captures (snapshot directories or memory images): how many of B's frames
     hold content that A also holds (shared) and how many do not (b_only: B's incremental
     cost given A). For two guests' dumps, or one guest before and after."""
-    from dedupx.analysis.compare import compare
 
     def work() -> None:
-        for p in (a, b):
-            if not Path(p).exists():
-                raise DedupxIOError(f"{p} does not exist")
-        row = compare(a, b).row(0, named=True)
+        row = compare(load(a), load(b)).row(0, named=True)
         if as_json:
             click.echo(json.dumps(row))
-            return
-        t = Table(title=f"B = {b} against A = {a}", title_justify="left")
-        t.add_column("")
-        t.add_column("frames", justify="right")
-        t.add_column("MiB", justify="right")
-        t.add_column("distinct contents", justify="right")
-        for label, f, c in (
-            ("A", row["a_frames"], row["a_contents"]),
-            ("B", row["b_frames"], row["b_contents"]),
-            ("B shared with A", row["shared"], row["shared_contents"]),
-            ("B only (incremental cost)", row["b_only"], row["b_only_contents"]),
-        ):
-            t.add_row(label, f"{f:,}", f"{f * 4096 / 2**20:,.1f}", f"{c:,}")
-        Console().print(t)
+        else:
+            render_compare(row, a, b, Console())
 
     run_guarded(work)
 
@@ -406,40 +387,13 @@ def vms_cmd(as_json: bool) -> None:
     """List the QEMU/KVM guests on this host: PID, name (-name), RAM (-m), machine,
     accelerator, whether KSM may merge their RAM (mem-merge, not a shared backend), memory
     backends, QMP sockets, and footprint (RSS/PSS of the QEMU process)."""
-    from dedupx.qemu.guests import find_guests
 
     def work() -> None:
         rows = [g.row() for g in find_guests()]
         if as_json:
             click.echo(json.dumps(rows))
-            return
-        if not rows:
-            click.echo("No QEMU guests on this host.")
-            return
-        t = Table(title="QEMU guests", title_justify="left")
-        for col, just in (
-            ("pid", "right"),
-            ("name", "left"),
-            ("RAM MiB", "right"),
-            ("machine", "left"),
-            ("accel", "left"),
-            ("KSM merge", "left"),
-            ("RSS MiB", "right"),
-            ("PSS MiB", "right"),
-        ):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for r in rows:
-            t.add_row(
-                str(r["pid"]),
-                escape(str(r["name"] or "")),
-                f"{r['ram_bytes'] >> 20:,}",
-                escape(str(r["machine"])),
-                str(r["accel"]),
-                "yes" if r["mem_merge"] else "no",
-                f"{r['rss_bytes'] / 2**20:,.1f}",
-                f"{r['pss_bytes'] / 2**20:,.1f}",
-            )
-        Console().print(t)
+        else:
+            render_vms(rows, Console())
 
     run_guarded(work)
 

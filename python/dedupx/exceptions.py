@@ -89,6 +89,11 @@ class UsageError(DedupxError, ValueError):
     exit_code = 2
 
 
+class MissingFrames(UsageError):
+    """An analysis was handed a capture that lacks what it needs (e.g. the processes of a
+    memory image)."""
+
+
 class FrameExportError(DedupxError):
     """The core's frames could not be handed to Python (an Arrow conversion failed)."""
 
@@ -107,6 +112,7 @@ __all__ = [
     "DedupxIOError",
     "FrameExportError",
     "KernelUnsupported",
+    "MissingFrames",
     "NotAGuest",
     "OutputError",
     "PermissionDenied",

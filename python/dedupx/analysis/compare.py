@@ -6,43 +6,23 @@ with content already in A were shared. The kernel's zero page is left out of bot
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import polars as pl
 
-from dedupx.kpageflags import is_zero_page
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.frames import Frames, HasFrames, as_frames
 
 
-def content_frames(data: Any) -> pl.LazyFrame:
-    """Distinct hashed frames (``pfn``, ``hash``, ``zero``) of a snapshot, memory image,
-    process scan, or a path to a snapshot directory or image file."""
-    from dedupx.analysis.duplicates import hashed_frames
-    from dedupx.memory_image import MemoryImage, read_image
-    from dedupx.snapshot import Snapshot, open_snapshot
-
-    if isinstance(data, str | os.PathLike):
-        p = Path(data)
-        data = open_snapshot(p) if p.is_dir() else read_image(p)
-    if isinstance(data, MemoryImage):
-        return data.frames.lazy().select("pfn", "hash", "zero")
-    if isinstance(data, Snapshot):
-        f = data.frames.filter(pl.col("hash").is_not_null())
-        if "kpageflags" in f.collect_schema().names():
-            f = f.filter(~is_zero_page().fill_null(False))
-        return f.select("pfn", "hash", "zero")
-    if hasattr(data, "pages"):
-        return hashed_frames(data).select("pfn", "hash", "zero")
-    raise TypeError(f"cannot compare a {type(data).__name__}")
+def content_frames(data: Frames | HasFrames) -> pl.LazyFrame:
+    """Distinct hashed frames of a capture: ``pfn``, ``hash``, ``zero``."""
+    return hashed_frames(as_frames(data)).select("pfn", "hash", "zero")
 
 
-def compare(a: Any, b: Any) -> pl.DataFrame:
+def compare(a: Frames | HasFrames, b: Frames | HasFrames) -> pl.DataFrame:
     """One row: ``a_frames``, ``b_frames``, ``shared`` (frames of B whose content also
     occurs in A), ``b_only`` (frames of B whose content does not), the same for distinct
     contents (``a_contents``, ``b_contents``, ``shared_contents``, ``b_only_contents``) and
     ``b_only_zero`` (how many of B's frames with zero content A lacks: 0 whenever A has any
-    zero page)."""
+    zero page). Open paths with ``dedupx.load`` first."""
     fa, fb = content_frames(a), content_frames(b)
     a_hashes = fa.select("hash").unique()
     b_marked = fb.join(
@@ -64,3 +44,6 @@ def compare(a: Any, b: Any) -> pl.DataFrame:
         how="horizontal",
     )
     return row.collect().with_columns(pl.all().cast(pl.Int64))
+
+
+__all__ = ["compare", "content_frames"]

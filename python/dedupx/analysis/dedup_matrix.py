@@ -1,4 +1,4 @@
-"""The dedup matrix of a target VM (the study's Table 6.4), as DESIGN.md defines it.
+"""The dedup matrix of a target VM (the study's Table 6.4), as docs/metrics.md defines it.
 
 V's frames are the PFNs V's QEMU process maps; another VM's frames are the PFNs another
 QEMU process maps that are not V's; host frames are all other hashed PFNs. For each content
@@ -14,33 +14,26 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.analysis.duplicates import hashed_frames
+from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import NotAGuest
-from dedupx.kpageflags import KPF_THP, flag
+from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.page_classes import is_thp
+from dedupx.units import MIB, PAGE_SIZE
 
-PAGE = 4096
 COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 
 
-def _scoped_frames(data: Any, pid: int) -> pl.LazyFrame:
-    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host". A
-    scan of V's process alone has only V's frames: its host and vm rows stay empty."""
-    if getattr(data, "processes", None) is None and getattr(data, "pages", None) is not None:
-        if getattr(data, "pid", pid) != pid:
-            raise NotAGuest(f"this scan is of PID {data.pid}, not {pid}")
-        return hashed_frames(data).with_columns(
-            pl.lit("v").alias("scope"),
-            (pl.col("ksm_eligible") & flag(KPF_THP).fill_null(False)).alias("thp"),
-        )
-    if getattr(data, "processes", None) is None or getattr(data, "pages", None) is None:
-        raise TypeError("dedup_matrix needs a host snapshot or a scan of the guest's process")
-    procs = data.processes.lazy() if isinstance(data.processes, pl.DataFrame) else data.processes
-    pages = data.pages.lazy() if isinstance(data.pages, pl.DataFrame) else data.pages
-    kinds = procs.select("pid", "kind")
+def scoped_frames(f: Frames, pid: int) -> pl.LazyFrame:
+    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host"; and
+    ``thp`` (KSM-eligible and held in a THP). A scan of V's process alone has only V's
+    frames: its host and vm rows stay empty."""
+    f.require("dedup_matrix", "pages", "processes")
+    assert f.pages is not None and f.processes is not None
+    kinds = f.processes.select("pid", "kind")
     if kinds.filter(pl.col("pid") == pid).select(pl.len()).collect().item() == 0:
-        raise NotAGuest(f"PID {pid} is not in this snapshot")
+        raise NotAGuest(f"PID {pid} is not in this capture")
     owners = (
-        pages.filter(pl.col("present"))
+        f.pages.filter(pl.col("present"))
         .select("pid", "pfn")
         .join(kinds, on="pid", how="left")
         .group_by("pfn")
@@ -50,7 +43,7 @@ def _scoped_frames(data: Any, pid: int) -> pl.LazyFrame:
         )
     )
     return (
-        hashed_frames(data)
+        hashed_frames(f)
         .join(owners, on="pfn", how="left")
         .with_columns(
             pl.when(pl.col("in_v").fill_null(False))
@@ -59,19 +52,21 @@ def _scoped_frames(data: Any, pid: int) -> pl.LazyFrame:
             .then(pl.lit("vm"))
             .otherwise(pl.lit("host"))
             .alias("scope"),
-            (pl.col("ksm_eligible") & flag(KPF_THP).fill_null(False)).alias("thp"),
+            (pl.col("ksm_eligible") & is_thp().fill_null(False)).alias("thp"),
         )
     )
 
 
-def dedup_matrix(data: Any, pid: int, order: tuple[str, str] = ("host", "vm")) -> pl.DataFrame:
+def dedup_matrix(
+    data: Frames | HasFrames, pid: int, order: tuple[str, str] = ("host", "vm")
+) -> pl.DataFrame:
     """Rows ``within``, ``host``, ``vm`` (column ``row``); columns ``anon_anon``,
     ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
     (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
     copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
     ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
     first, second = order
-    f = _scoped_frames(data, pid)
+    f = scoped_frames(as_frames(data), pid)
     per = (
         f.group_by("hash")
         .agg(
@@ -150,7 +145,7 @@ def dedup_matrix(data: Any, pid: int, order: tuple[str, str] = ("host", "vm")) -
             .row(0, named=True)
         )
         rows.append(_row(scope, r))
-    return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE / (1 << 20)).alias("mib"))
+    return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE_SIZE / MIB).alias("mib"))
 
 
 def _row(name: str, r: dict[str, Any]) -> dict[str, Any]:

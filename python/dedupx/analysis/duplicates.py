@@ -1,4 +1,4 @@
-"""Duplicate page contents within one scope, counted as DESIGN.md defines them.
+"""Duplicate page contents within one capture, counted as docs/metrics.md defines them.
 
 A duplicate group is every distinct PFN in scope with the same hash. For a group of ``a``
 anon and ``f`` file frames, perfect merging saves ``a + f - 1`` pages: anon/anon
@@ -9,80 +9,13 @@ The kernel's shared zero page is already shared: it is never part of a group.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
-from dedupx.analysis.frames_input import FrameLike, pages_and_vmas, with_vma_columns
-from dedupx.kpageflags import KPF_ANON, KPF_THP, flag, is_anon, is_zero_page
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.page_classes import is_thp
 
 SAVING_COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
-
-
-def hashed_frames(data: Any, vmas: FrameLike | None = None) -> pl.LazyFrame:
-    """Distinct hashed PFNs in scope: ``pfn``, ``hash``, ``kpageflags``, ``zero``, ``anon``,
-    ``ksm_eligible``, and the ``paths``/``kinds`` of the VMAs that map them.
-
-    For a snapshot that has a ``frames`` frame (a host or an image), every hashed frame is
-    in scope, mapped or not; otherwise the frames its pages map."""
-    if isinstance(getattr(data, "frames", None), pl.LazyFrame):
-        return _snapshot_frames(data)
-    pages, vmas_lf = pages_and_vmas(data, vmas)
-    return _mapped_frames(pages, vmas_lf)
-
-
-def _mapped_frames(pages: pl.LazyFrame, vmas: pl.LazyFrame | None) -> pl.LazyFrame:
-    pages = with_vma_columns(pages, vmas)
-    return (
-        pages.filter(pl.col("present") & pl.col("hash").is_not_null() & ~is_zero_page())
-        .with_columns((flag(KPF_ANON) & pl.col("mergeable").fill_null(False)).alias("ksm_eligible"))
-        .group_by("pfn")
-        .agg(
-            pl.col("hash", "kpageflags", "zero").first(),
-            pl.col("ksm_eligible").any(),
-            pl.col("path").replace("", "[anon]").unique().alias("paths"),
-            pl.col("kind").unique().alias("kinds"),
-        )
-        .with_columns(is_anon().alias("anon"))
-    )
-
-
-def _snapshot_frames(snap: Any) -> pl.LazyFrame:
-    frames = snap.frames.filter(pl.col("hash").is_not_null())
-    if "kpageflags" not in frames.collect_schema().names():  # an image: no flags, no mappings
-        return frames.select(
-            "pfn",
-            "hash",
-            "zero",
-            pl.lit(None, dtype=pl.UInt64).alias("kpageflags"),
-            pl.lit(False).alias("ksm_eligible"),
-            pl.lit(["[image]"]).alias("paths"),
-            pl.lit(["image"]).alias("kinds"),
-            pl.lit(None, dtype=pl.Boolean).alias("anon"),
-        )
-    frames = frames.filter(~is_zero_page())
-    if snap.pages is None:
-        return frames.select(
-            "pfn",
-            "hash",
-            "kpageflags",
-            "zero",
-            pl.lit(False).alias("ksm_eligible"),
-            pl.lit(["[unmapped]"]).alias("paths"),
-            pl.lit(["unmapped"]).alias("kinds"),
-            is_anon().alias("anon"),
-        )
-    where = _mapped_frames(snap.pages, snap.vmas).select("pfn", "ksm_eligible", "paths", "kinds")
-    return (
-        frames.select("pfn", "hash", "kpageflags", "zero")
-        .join(where, on="pfn", how="left")
-        .with_columns(
-            pl.col("ksm_eligible").fill_null(False),
-            pl.col("paths").fill_null(pl.lit(["[unmapped]"])),
-            pl.col("kinds").fill_null(pl.lit(["unmapped"])),
-            is_anon().alias("anon"),
-        )
-    )
 
 
 def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
@@ -94,7 +27,7 @@ def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("anon").sum().alias("anon"),
             (~pl.col("anon")).sum().alias("file"),
             pl.col("ksm_eligible").sum().alias("eligible"),
-            (pl.col("ksm_eligible") & flag(KPF_THP)).sum().alias("eligible_thp"),
+            (pl.col("ksm_eligible") & is_thp()).sum().alias("eligible_thp"),
             pl.col("zero").first(),
             pl.col("paths").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
             pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
@@ -111,15 +44,16 @@ def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def duplicates(data: Any, vmas: FrameLike | None = None) -> pl.DataFrame:
+def duplicates(data: Frames | HasFrames) -> pl.DataFrame:
     """One row of page counts: ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages
     perfect merging would save), ``ksm_reachable`` (of those, what KSM can merge),
     ``ksm_missed_file`` (file-backed copies), ``ksm_missed_not_mergeable`` (anon copies KSM
     does not scan), ``ksm_reachable_thp`` (of ``ksm_reachable``, copies held in a THP that
     KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames``
-    (distinct hashed PFNs), ``groups`` (contents held by two or more frames)."""
-    frames = hashed_frames(data, vmas)
-    groups = duplicate_groups(frames)
+    (distinct hashed PFNs), ``groups`` (contents held by two or more frames). For a memory
+    image, whose frames carry no flags, the split by kind and KSM's part are null."""
+    f = as_frames(data)
+    groups = duplicate_groups(hashed_frames(f))
     row = groups.select(
         *(pl.col(c).sum() for c in SAVING_COLUMNS),
         pl.col("ksm_reachable").sum(),
@@ -133,12 +67,16 @@ def duplicates(data: Any, vmas: FrameLike | None = None) -> pl.DataFrame:
         pl.col("frames").sum(),
         (pl.col("frames") > 1).sum().alias("groups"),
     )
-    return row.collect().with_columns(pl.all().fill_null(0).cast(pl.Int64))
+    out = row.collect().with_columns(pl.all().fill_null(0).cast(pl.Int64))
+    if not f.has_flags:  # no flags: anon and file cannot be told apart
+        unknown = ("anon_anon", "file_file", "anon_file", "ksm_reachable")
+        out = out.with_columns(pl.lit(None, dtype=pl.Int64).alias(c) for c in unknown)
+    return out
 
 
-def top_duplicates(data: Any, n: int = 10, vmas: FrameLike | None = None) -> pl.DataFrame:
+def top_duplicates(data: Frames | HasFrames, n: int = 10) -> pl.DataFrame:
     """The ``n`` contents whose merging saves the most pages, with where they live."""
-    groups = duplicate_groups(hashed_frames(data, vmas))
+    groups = duplicate_groups(hashed_frames(as_frames(data)))
     return (
         groups.filter(pl.col("frames") > 1)
         .sort(["total", "hash"], descending=[True, False])
@@ -156,3 +94,6 @@ def top_duplicates(data: Any, n: int = 10, vmas: FrameLike | None = None) -> pl.
         )
         .collect()
     )
+
+
+__all__ = ["SAVING_COLUMNS", "duplicate_groups", "duplicates", "top_duplicates"]

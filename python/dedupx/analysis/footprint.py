@@ -1,35 +1,33 @@
-"""RSS, PSS and USS per process, split into anon, file and shmem, from the pages frame.
+"""RSS, PSS and USS per process and per group, split into anon, file and shmem.
 
 Counted per mapped page (a PFN mapped twice counts twice, as the kernel's smaps does) and
-without the kernel's shared zero page, which smaps does not count either.
+without the kernel's shared zero page, which smaps does not count either. The split
+follows smaps: ``anon`` is private anonymous memory (dedupx.page_classes.is_private_anon),
+``shmem`` swap-backed shared memory, ``file`` the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
-from dedupx.analysis.frames_input import pages_and_vmas
-from dedupx.kpageflags import KPF_ANON, KPF_KSM, flag, is_shmem, is_zero_page
+from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.page_classes import is_ksm, is_mapped_file, is_private_anon, is_shmem, is_zero_page
+from dedupx.units import PAGE_SIZE
 
-PAGE_SIZE = 4096
 
-
-def footprint(data: Any) -> pl.DataFrame:
+def footprint(data: Frames | HasFrames) -> pl.DataFrame:
     """One row per PID: ``rss_bytes``, ``pss_bytes``, ``uss_bytes``, each also split as
     ``anon_*``, ``file_*`` and ``shmem_*``; ``pss_without_ksm_bytes`` (PSS were KSM's current
     merges undone: each KSM page mapped here would be a private copy again); ``swap_bytes``."""
-    pages, _ = pages_and_vmas(data)
+    f = as_frames(data)
+    f.require("footprint", "pages")
+    assert f.pages is not None
+    pages = f.pages
     resident = pages.filter(pl.col("present") & ~is_zero_page())
     share = PAGE_SIZE / pl.max_horizontal(pl.col("mapcount"), pl.lit(1))
     unique = (pl.col("mapcount") <= 1).cast(pl.UInt64) * PAGE_SIZE
-    classes = {
-        "anon": flag(KPF_ANON),
-        "shmem": is_shmem(),
-        "file": ~flag(KPF_ANON) & ~is_shmem(),
-    }
-    unmerged = pl.when(flag(KPF_KSM)).then(pl.lit(float(PAGE_SIZE))).otherwise(share)
+    classes = {"anon": is_private_anon(), "shmem": is_shmem(), "file": is_mapped_file()}
+    unmerged = pl.when(is_ksm()).then(pl.lit(float(PAGE_SIZE))).otherwise(share)
     aggs = [
         pl.len().mul(PAGE_SIZE).cast(pl.UInt64).alias("rss_bytes"),
         share.sum().round().cast(pl.UInt64).alias("pss_bytes"),
@@ -53,3 +51,33 @@ def footprint(data: Any) -> pl.DataFrame:
         .sort("pid")
     )
     return out.collect()
+
+
+def group_footprints(data: Frames | HasFrames, fp: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Footprint per group: each VM on its own, containers by cgroup, the rest as host
+    processes (``group``, ``kind``, ``processes`` and summed RSS/PSS/USS/swap). ``fp`` is
+    ``footprint(data)`` when the caller has it already."""
+    f = as_frames(data)
+    f.require("group_footprints", "pages", "processes")
+    assert f.processes is not None
+    fp = footprint(f) if fp is None else fp
+    procs = f.processes.select("pid", "comm", "kind", "cgroup").collect()
+    leaf = pl.col("cgroup").str.split("\n").list.last().str.split(":").list.last()
+    group = (
+        pl.when(pl.col("kind") == "vm")
+        .then(pl.format("vm {} ({})", pl.col("pid"), pl.col("comm")))
+        .when(pl.col("kind") == "container")
+        .then(pl.format("container {}", leaf))
+        .otherwise(pl.lit("host processes"))
+    )
+    sums = ["rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes"]
+    return (
+        fp.join(procs, on="pid", how="left")
+        .with_columns(group.alias("group"))
+        .group_by("group", "kind")
+        .agg(pl.len().alias("processes"), *(pl.col(c).sum() for c in sums))
+        .sort("pss_bytes", descending=True)
+    )
+
+
+__all__ = ["footprint", "group_footprints"]

@@ -12,45 +12,47 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.analysis.duplicates import hashed_frames
+from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import NotAGuest
+from dedupx.frames import Frames, HasFrames, as_frames
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
-from dedupx.qemu.gpa_map import gpa_map as build_gpa_map
-from dedupx.qemu.gpa_map import layout_from_cmdline
-
-PAGE = 4096
+from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
+from dedupx.units import PAGE_SIZE, pages_to_mib
 
 
-def _lazy(x: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    return x.lazy()
-
-
-def guest_ram_map(snap: Any, pid: int) -> pl.DataFrame:
-    """The gpa map of guest ``pid`` from what a snapshot holds (its command line and VMAs)."""
-    procs = _lazy(snap.processes).filter(pl.col("pid") == pid).collect()
+def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
+    """The gpa map of guest ``pid``: the capture's own (``f.gpa_map``) when it has one for
+    that PID, else made from its command line and VMAs."""
+    f.require("incremental_cost", "pages", "vmas", "processes")
+    assert f.pages is not None and f.vmas is not None and f.processes is not None
+    if f.gpa_map is not None:
+        gm = f.gpa_map.filter(pl.col("pid") == pid).collect()
+        if gm.height:
+            return gm
+    procs = f.processes.filter(pl.col("pid") == pid).collect()
     if procs.height == 0:
-        raise NotAGuest(f"PID {pid} is not in this snapshot")
-    argv = procs["cmdline"][0].split(" ")
+        raise NotAGuest(f"PID {pid} is not in this capture")
+    argv = list(procs["cmdline"][0])
     if not is_qemu(argv):
         raise NotAGuest(f"PID {pid} ({procs['comm'][0]}) is not a QEMU guest")
-    vmas = _lazy(snap.vmas).filter(pl.col("pid") == pid).collect()
-    pages = _lazy(snap.pages).filter(pl.col("pid") == pid).collect()
-    layout = layout_from_cmdline(parse_qemu_cmdline(argv), vmas)
-    return build_gpa_map(pid, layout, pages)
+    vmas = f.vmas.filter(pl.col("pid") == pid).collect()
+    pages = f.pages.filter(pl.col("pid") == pid).collect()
+    return gpa_map(pid, layout_from_cmdline(parse_qemu_cmdline(argv), vmas), pages)
 
 
 def incremental_cost(
-    snap: Any,
-    pid: int,
-    gpa_map: pl.DataFrame | None = None,
-    guest_frames: pl.DataFrame | None = None,
+    data: Frames | HasFrames, pid: int, guest_frames: pl.DataFrame | None = None
 ) -> dict[str, Any]:
     """``pages``: the guest's exclusive PFNs; ``qemu_pages`` and ``guest_ram_pages`` of them;
     ``guest_ram_by_block``; ``guest_ram_by_class`` (from ``guest_frames``' ``class`` column
     by gfn, "not told" where the guest said nothing) and ``guest_not_backed`` (guest pages
-    with no host page at all); ``unique_contents`` (distinct contents found nowhere else)."""
-    gm = gpa_map if gpa_map is not None else guest_ram_map(snap, pid)
-    pages = _lazy(snap.pages).filter(pl.col("present"))
+    with no host page at all); ``unique_contents`` (distinct contents found nowhere else).
+    The guest map is the capture's (``Frames.with_gpa_map``) or made from its command line.
+    """
+    f = as_frames(data)
+    gm = guest_ram_map(f, pid)
+    assert f.pages is not None
+    pages = f.pages.filter(pl.col("present"))
     others = pages.filter(pl.col("pid") != pid).select("pfn").unique()
     mine = (
         pages.filter(pl.col("pid") == pid)
@@ -62,11 +64,10 @@ def incremental_cost(
         gm.select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left"
     )
     ram = exclusive.filter(pl.col("gpa").is_not_null())
-    ram_pfns = ram["pfn"].n_unique()
     out: dict[str, Any] = {
         "pid": pid,
         "pages": exclusive["pfn"].n_unique(),
-        "guest_ram_pages": ram_pfns,
+        "guest_ram_pages": ram["pfn"].n_unique(),
         "qemu_pages": exclusive.filter(pl.col("gpa").is_null())["pfn"].n_unique(),
         "guest_ram_by_block": dict(
             ram.group_by("block").agg(pl.col("pfn").n_unique()).sort("block").iter_rows()
@@ -74,7 +75,7 @@ def incremental_cost(
         "guest_not_backed": gm.filter(pl.col("pfn").is_null()).height,
     }
     if guest_frames is not None:
-        cls = ram.with_columns((pl.col("gpa") // PAGE).alias("gfn")).join(
+        cls = ram.with_columns((pl.col("gpa") // PAGE_SIZE).alias("gfn")).join(
             guest_frames.select("gfn", "class"), on="gfn", how="left"
         )
         out["guest_ram_by_class"] = dict(
@@ -84,9 +85,8 @@ def incremental_cost(
             .sort("class")
             .iter_rows()
         )
-    frames = hashed_frames(snap)
-    owners = pages.select("pid", "pfn")
-    mine_h = frames.join(owners.filter(pl.col("pid") == pid).select("pfn").unique(), on="pfn")
+    frames = hashed_frames(f)
+    mine_h = frames.join(pages.filter(pl.col("pid") == pid).select("pfn").unique(), on="pfn")
     rest_h = frames.join(mine_h.select("pfn"), on="pfn", how="anti").select("hash").unique()
     out["unique_contents"] = (
         mine_h.select("hash")
@@ -96,5 +96,8 @@ def incremental_cost(
         .collect()
         .item()
     )
-    out["mib"] = out["pages"] * PAGE / (1 << 20)
+    out["mib"] = pages_to_mib(out["pages"])
     return out
+
+
+__all__ = ["guest_ram_map", "incremental_cost"]

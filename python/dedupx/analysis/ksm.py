@@ -8,12 +8,12 @@ max_page_sharing mappings), so KSM's ``pages_sharing`` gains E - ⌈E / max_page
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
-from dedupx.analysis.duplicates import hashed_frames
-from dedupx.kpageflags import KPF_THP, flag
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.page_classes import is_thp
 
 KSM_SYSFS = Path("/sys/kernel/mm/ksm")
 
@@ -25,16 +25,16 @@ def max_page_sharing(sysfs: Path = KSM_SYSFS) -> int:
         return 256  # the kernel's default
 
 
-def ksm_prediction(data: Any, max_sharing: int | None = None) -> pl.DataFrame:
+def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> pl.DataFrame:
     """One row: ``eligible_frames``, ``pages_sharing`` (what KSM's counter of that name
     should reach once it has converged, if it can split THPs as it needs), ``pages_shared``
     (KSM pages it would keep), ``thp_frames`` (eligible frames now in THPs) and
     ``pages_sharing_thp`` (of ``pages_sharing``, merges of copies held in THPs: KSM must
     split those first, and where many are it falls short by up to this much)."""
     m = max_sharing or max_page_sharing()
-    eligible = hashed_frames(data).filter(pl.col("ksm_eligible"))
+    eligible = hashed_frames(as_frames(data)).filter(pl.col("ksm_eligible"))
     groups = eligible.group_by("hash").agg(
-        pl.len().cast(pl.Int64).alias("e"), flag(KPF_THP).fill_null(False).sum().alias("thp")
+        pl.len().cast(pl.Int64).alias("e"), is_thp().fill_null(False).sum().alias("thp")
     )
     row = groups.select(
         pl.col("e").sum().alias("eligible_frames"),
@@ -50,3 +50,6 @@ def ksm_prediction(data: Any, max_sharing: int | None = None) -> pl.DataFrame:
         .alias("pages_sharing_thp"),
     ).collect()
     return row.with_columns(pl.all().fill_null(0).cast(pl.Int64))
+
+
+__all__ = ["ksm_prediction", "max_page_sharing"]

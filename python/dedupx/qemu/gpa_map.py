@@ -17,8 +17,8 @@ import polars as pl
 from dedupx.exceptions import NotAGuest, QmpError
 from dedupx.qemu.cmdline import QemuConfig
 from dedupx.qemu.qmp import Qmp
+from dedupx.units import PAGE_SIZE as PAGE
 
-PAGE = 4096
 MTREE_LINE = re.compile(
     r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (\w+(?:/\w+)?)\): (\S+)(?: @([0-9a-f]+))?"
 )

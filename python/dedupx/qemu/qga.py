@@ -1,22 +1,15 @@
-"""Reading a guest's page flags through the QEMU guest agent (`--qga SOCKET`).
+"""A client of the QEMU guest agent (QGA): sync, commands, and reading a guest's files.
 
-The agent's file commands read /proc/kpageflags, /proc/kpagecount and /proc/meminfo inside
-the guest (as the agent's user, root); no hashes come this way (that needs dedupx-agent).
+dedupx.sources.guest_view reads a guest's page flags through it (`--qga SOCKET`).
 """
 
 from __future__ import annotations
 
-import array
 import base64
-import os
 import random
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
-from dedupx.exceptions import QmpError
-from dedupx.guest_agent import GuestView, guest_class
 from dedupx.qemu.json_socket import JsonLineSocket
 
 CHUNK = 1 << 20
@@ -73,48 +66,3 @@ class Qga(JsonLineSocket):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _meminfo_kb(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        if v.split():
-            out[k.strip()] = int(v.split()[0])
-    return out
-
-
-def read_guest_qga(path: str | os.PathLike[str]) -> GuestView:
-    """The guest's page flags and counts, meminfo (just before and just after) and MGLRU
-    state, read through its guest agent; a ``GuestView`` without hashes."""
-    sock = Path(path)
-    with Qga(sock) as q:
-        kernel = q.read_file("/proc/sys/kernel/osrelease").decode().strip()
-        before = _meminfo_kb(q.read_file("/proc/meminfo").decode())
-        flags = q.read_file("/proc/kpageflags")
-        counts = q.read_file("/proc/kpagecount")
-        after = _meminfo_kb(q.read_file("/proc/meminfo").decode())
-        try:
-            lru_gen: str | None = q.read_file("/sys/kernel/mm/lru_gen/enabled").decode().strip()
-        except QmpError:
-            lru_gen = None
-    if len(flags) % 8 or len(flags) != len(counts) or not flags:
-        raise QmpError(f"guest agent on {sock} returned kpageflags/kpagecount of odd sizes")
-    f, c = array.array("Q", flags), array.array("Q", counts)
-    frames = pl.DataFrame(
-        {
-            "gfn": pl.int_range(0, len(f), dtype=pl.UInt64, eager=True),
-            "kpageflags": pl.Series(f.tolist(), dtype=pl.UInt64),
-            "mapcount": pl.Series(c.tolist(), dtype=pl.UInt64),
-            "hash": pl.Series([None] * len(f), dtype=pl.Binary),
-        }
-    ).with_columns(guest_class().alias("class"))
-    meta = {
-        "created_by": "dedupx qga",
-        "kernel": kernel,
-        "meminfo_before_kb": before,
-        "meminfo_kb": after,
-        "lru_gen": lru_gen,
-        "hash_source": None,
-    }
-    return GuestView(sock, meta, frames)

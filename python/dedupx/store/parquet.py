@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ FrameSource = pl.DataFrame | Iterable[pl.DataFrame]
 
 def write_frames(
     target: str | os.PathLike[str],
-    frames: dict[str, FrameSource],
+    frames: Mapping[str, FrameSource],
     manifest: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> Path:
     """Writes each frame as ``NAME.parquet`` (or, given an iterable of chunks, as

@@ -1,7 +1,8 @@
-"""Snapshots: a directory of Parquet frames plus manifest.json, read back as lazy frames.
+"""Snapshot directories: Parquet frames plus manifest.json, opened as lazy Frames.
 
 A snapshot is written into a hidden temporary sibling and renamed into place when complete
-(see parquet_output), so a directory that opens is a whole one.
+(see dedupx.store.parquet), so a directory that opens is a whole one. Format 2 states
+coverage in the one schema of dedupx.coverage; format 1 snapshots are read and upgraded.
 """
 
 from __future__ import annotations
@@ -12,41 +13,23 @@ import os
 import platform
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from dedupx import __version__
+from dedupx._dedupx import __version__
+from dedupx.coverage import upgrade_v1
 from dedupx.exceptions import CorruptSnapshot, SnapshotVersionError
+from dedupx.frames import Frames, Provenance
+from dedupx.units import PAGE_SIZE
 
-FORMAT_VERSION = 1
-FRAME_NAMES = ("processes", "vmas", "pages", "frames")
-
-
-@dataclass
-class Snapshot:
-    """An opened snapshot: its manifest and its frames as lazy polars frames (``None``
-    where the snapshot has no such frame, e.g. ``pages`` of a memory image)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    frames: pl.LazyFrame
-    pages: pl.LazyFrame | None = None
-    vmas: pl.LazyFrame | None = None
-    processes: pl.LazyFrame | None = None
-    extra: dict[str, pl.LazyFrame] = field(default_factory=dict)
-
-    @property
-    def source(self) -> str:
-        return str(self.manifest.get("source", "unknown"))
-
-    def __repr__(self) -> str:
-        return f"Snapshot({str(self.path)!r}, source={self.source!r})"
+FORMAT_VERSION = 2
+FRAME_NAMES = ("processes", "vmas", "pages", "frames", "gpa_map")
 
 
 def base_manifest(kind: str, source: str, coverage: dict[str, Any]) -> dict[str, Any]:
+    """What every snapshot's manifest.json says besides its files and row counts."""
     return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -54,15 +37,16 @@ def base_manifest(kind: str, source: str, coverage: dict[str, Any]) -> dict[str,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
         "kernel": platform.release(),
-        "page_size": 4096,
+        "page_size": PAGE_SIZE,
         "source": source,
         "coverage": coverage,
         "command": sys.argv,
     }
 
 
-def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
-    """Opens a snapshot directory written by ``dedupx snapshot`` or ``dedupx image``.
+def open_snapshot(path: str | os.PathLike[str]) -> Frames:
+    """Opens a snapshot directory written by ``dedupx snapshot``, ``dedupx image`` or
+    ``dedupx scan --parquet`` as Frames (``provenance.manifest`` holds its manifest).
 
     Raises ``CorruptSnapshot`` for a directory that is not a complete dedupx snapshot or
     whose files are damaged, ``SnapshotVersionError`` for one from a newer format.
@@ -89,19 +73,26 @@ def open_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         )
     files = manifest.get("files", {})
     rows = manifest.get("rows", {})
-    lazy: dict[str, pl.LazyFrame] = {}
-    for name, rel in files.items():
-        lazy[name] = _open_frame(root, name, rel, rows.get(name))
+    lazy = {name: _open_frame(root, name, rel, rows.get(name)) for name, rel in files.items()}
     if "frames" not in lazy:
         raise CorruptSnapshot(f"{root} lists no frames file")
-    return Snapshot(
-        path=root,
-        manifest=manifest,
-        frames=lazy.pop("frames"),
-        pages=lazy.pop("pages", None),
-        vmas=lazy.pop("vmas", None),
-        processes=lazy.pop("processes", None),
-        extra=lazy,
+    coverage = upgrade_v1(manifest.get("coverage", {}))
+    processes = lazy.get("processes")
+    if version == 1 and processes is not None:  # format 1 joined cmdline with spaces
+        processes = processes.with_columns(pl.col("cmdline").str.split(" "))
+    return Frames(
+        frames=lazy["frames"],
+        pages=lazy.get("pages"),
+        vmas=lazy.get("vmas"),
+        processes=processes,
+        gpa_map=lazy.get("gpa_map"),
+        provenance=Provenance(
+            kind=str(manifest.get("kind", "unknown")),
+            source=str(manifest.get("source", "unknown")),
+            coverage=coverage,
+            path=root,
+            manifest=manifest,
+        ),
     )
 
 
@@ -118,3 +109,6 @@ def _open_frame(root: Path, name: str, rel: str, expected_rows: int | None) -> p
     if expected_rows is not None and n != expected_rows:
         raise CorruptSnapshot(f"{rel} in {root} has {n} rows, the manifest says {expected_rows}")
     return pl.scan_parquet(parts)
+
+
+__all__ = ["FORMAT_VERSION", "FRAME_NAMES", "base_manifest", "open_snapshot"]

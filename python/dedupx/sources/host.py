@@ -10,89 +10,22 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
-from dedupx.parquet_output import write_frames
-from dedupx.process_scan import ProgressCallback
-from dedupx.snapshot import base_manifest
+from dedupx.coverage import HostCoverage
+from dedupx.process_kinds import classify_processes
+from dedupx.qemu.guests import find_guests
+from dedupx.sources.process import ProgressCallback
+from dedupx.store.parquet import write_frames
+from dedupx.store.snapshot import base_manifest
 
 # PFNs per frames chunk, and pages rows per Parquet part: a few MiB of columns at a time,
 # whatever the size of RAM or the number of processes.
 FRAMES_CHUNK = 1 << 16
 PAGES_PART_ROWS = 1 << 16
 
-CONTAINER_CGROUP = r"docker|containerd|libpod|lxc|kubepods|crio|machine\.slice|podman"
-
-
-def classify_processes(processes: pl.DataFrame) -> pl.DataFrame:
-    """Adds ``kind``: ``vm`` for QEMU/KVM, ``container`` for processes in a container
-    cgroup or another PID namespace than PID 1's, else ``process``."""
-    init_ns = processes.filter(pl.col("pid") == 1)["pid_ns"]
-    host_ns = init_ns[0] if init_ns.len() else None
-    exe = pl.col("argv0").str.split("/").list.last()
-    is_vm = (
-        exe.str.starts_with("qemu-system")
-        | exe.str.starts_with("qemu-kvm")
-        | pl.col("comm").str.starts_with("qemu-system")
-        | (pl.col("comm") == "kvm")
-    )
-    other_ns = pl.lit(False) if host_ns is None else (pl.col("pid_ns") != host_ns)
-    is_container = pl.col("cgroup").str.contains(CONTAINER_CGROUP) | other_ns
-    return processes.with_columns(
-        pl.when(is_vm)
-        .then(pl.lit("vm"))
-        .when(is_container)
-        .then(pl.lit("container"))
-        .otherwise(pl.lit("process"))
-        .alias("kind")
-    )
-
-
-class _Coverage:
-    """Counts what the frames chunks cover, by class, as they stream past."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def add(self, chunk: pl.DataFrame) -> None:
-        unhashed = pl.col("hash").is_null()
-        row = chunk.select(
-            pl.len().alias("pages_of_ram"),
-            pl.col("hash").is_not_null().sum().alias("pages_hashed"),
-            (unhashed & flag(KPF_NOPAGE)).sum().alias("no_page"),
-            # Only the head page of a free block has KPF_BUDDY; its tails carry no flags.
-            (unhashed & ~pl.col("mapped") & (flag(KPF_BUDDY) | (pl.col("kpageflags") == 0)))
-            .sum()
-            .alias("free"),
-            (unhashed & ~pl.col("mapped") & flag(KPF_LRU) & ~flag(KPF_ANON) & ~flag(KPF_SWAPBACKED))
-            .sum()
-            .alias("unmapped_page_cache"),
-            (unhashed & ~pl.col("mapped") & (flag(KPF_ANON) | flag(KPF_SWAPBACKED)))
-            .sum()
-            .alias("unmapped_anon_shmem"),
-            (unhashed & pl.col("mapped")).sum().alias("mapped_unread"),
-        ).row(0, named=True)
-        for k, v in row.items():
-            self.counts[k] = self.counts.get(k, 0) + int(v)
-
-    def summary(self, source: str) -> dict[str, Any]:
-        c = dict(self.counts)
-        total, hashed = c.pop("pages_of_ram", 0), c.pop("pages_hashed", 0)
-        named = sum(c.values())
-        c["kernel_and_other"] = total - hashed - named
-        return {
-            "source": source,
-            "pages_hashed": hashed,
-            "pages_of_ram": total,
-            "hashed_share": hashed / total if total else 0.0,
-            "not_covered": c,
-        }
-
 
 def guest_files(proc_root: str = "/proc") -> list[str]:
     """The files the host's guests read through the page cache: their disk images and any
     other regular file a QEMU process holds open."""
-    from dedupx.qemu.guests import find_guests
-
     files: set[str] = set()
     for g in find_guests(proc_root):
         files.update(str(d) for d in g.config.drives)
@@ -122,10 +55,11 @@ def snapshot(
     cached_files: list[str] | None = None,
 ) -> Path:
     """Captures the whole host into the snapshot directory ``out`` (written atomically,
-    mode 0600). Pages of every process are hashed, each distinct physical page once; with a
-    readable /proc/kcore, /dev/crash or /dev/mem (or ``phys``), every page of RAM is.
-    Without one, the cached pages of ``cached_files`` (default: the guests' disk images and
-    open files) are hashed too, so that double caching shows."""
+    mode 0600) and returns its path (``dedupx.open_snapshot`` opens it). Pages of every
+    process are hashed, each distinct physical page once; with a readable /proc/kcore,
+    /dev/crash or /dev/mem (or ``phys``), every page of RAM is. Without one, the cached
+    pages of ``cached_files`` (default: the guests' disk images and open files) are hashed
+    too, so that double caching shows."""
     files = guest_files(proc_root or "/proc") if cached_files is None else cached_files
     hs = _dedupx.HostSnapshot(
         proc_root=proc_root,
@@ -138,9 +72,12 @@ def snapshot(
     stats = hs.stats()
     src = stats["physical_source"]
     source = f"{src[0]}:{src[1]}" if src else "process_vm_readv (mapped pages only)"
-    processes = classify_processes(pl.DataFrame(hs.processes()))
+    processes = pl.DataFrame(hs.processes())
+    if processes.schema["cmdline"] == pl.String:  # TEMP until the binding sends a list
+        processes = processes.with_columns(pl.col("cmdline").str.split(" "))
+    processes = classify_processes(processes)
     vmas = pl.DataFrame(hs.vmas())
-    coverage = _Coverage()
+    coverage = HostCoverage()
 
     def pages() -> Iterator[pl.DataFrame]:
         pending: list[pl.DataFrame] = []
@@ -184,3 +121,6 @@ def snapshot(
         {"processes": processes, "vmas": vmas, "pages": pages(), "frames": frames()},
         manifest,
     )
+
+
+__all__ = ["guest_files", "snapshot"]

@@ -1,4 +1,4 @@
-"""The human-readable report of a process scan (rich tables)."""
+"""The reports in a terminal: rich tables that fit 80 columns where they can."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-MIB = 1024 * 1024
+from dedupx.units import MIB, PAGE_SIZE, pages_to_mib
 
 
 def _mib(n_bytes: float) -> str:
@@ -29,7 +29,7 @@ def savings_table(d: dict[str, Any], more: tuple[tuple[str, str], ...]) -> Table
     kinds = (("anon_anon", "anon/anon"), ("file_file", "file/file"), ("anon_file", "anon/file"))
     for key, label in (*kinds, ("total", "total"), *more):
         v = d.get(key)
-        cells = _pages(v, 4096) if v is not None else ("n/a", "n/a")
+        cells = _pages(v, PAGE_SIZE) if v is not None else ("n/a", "n/a")
         t.add_row(label, *cells, style="bold" if key == "total" else None)
     return t
 
@@ -137,11 +137,16 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
                 t.add_row("  note", escape(b["warning"]))
         console.print(t)
 
-    c = r["coverage"]
-    console.print(
-        f"Coverage: {c['hashed_pfns']:,} of {c['distinct_pfns']:,} distinct present frames "
-        f"hashed ({c['hashed_share']:.1%}) via {c['source']}; "
-        f"{c['unreadable_pfns']:,} unreadable, {c['vanished_pfns']:,} changed during the scan."
+    console.print(coverage_line(r["coverage"]))
+
+
+def coverage_line(c: dict[str, Any]) -> str:
+    """The one-line coverage statement every report ends with (see dedupx.coverage)."""
+    missing = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in c["not_covered"].items() if v)
+    return (
+        f"Coverage: {c['pages_hashed']:,} of {c['pages_in_scope']:,} {c['scope']} hashed "
+        f"({c['hashed_share']:.1%}) via {c['source']}"
+        + (f"; not covered: {missing}." if missing else ".")
     )
 
 
@@ -202,13 +207,8 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
         console.print(top_table(r["top_duplicates"], by_kind=False))
     if r.get("vms"):
         render_vm_reports(r["vms"], console)
-    c = r["coverage"]
-    if c:
-        missing = ", ".join(f"{k} {v:,}" for k, v in c.get("not_covered", {}).items() if v)
-        console.print(
-            f"Coverage: {c.get('pages_hashed', 0):,} of {c.get('pages_of_ram', 0):,} pages "
-            f"hashed via {c.get('source')}" + (f"; not covered: {missing}" if missing else "")
-        )
+    if r["coverage"]:
+        console.print(coverage_line(r["coverage"]))
 
 
 MATRIX_COLS = (
@@ -240,12 +240,12 @@ def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
         cost = vm.get("incremental_cost")
         if cost:
             parts = [
-                f"QEMU {cost['qemu_pages'] * 4096 / 2**20:,.1f} MiB",
-                f"guest RAM {cost['guest_ram_pages'] * 4096 / 2**20:,.1f} MiB",
+                f"QEMU {pages_to_mib(cost['qemu_pages']):,.1f} MiB",
+                f"guest RAM {pages_to_mib(cost['guest_ram_pages']):,.1f} MiB",
             ]
             if "guest_ram_by_class" in cost:
                 parts += [
-                    f"{k} {v * 4096 / 2**20:,.1f}" for k, v in cost["guest_ram_by_class"].items()
+                    f"{k} {pages_to_mib(v):,.1f}" for k, v in cost["guest_ram_by_class"].items()
                 ]
             console.print(
                 f"Incremental cost: {cost['mib']:,.1f} MiB ({', '.join(parts)}); "
@@ -267,3 +267,49 @@ def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
                 )
                 + note
             )
+
+
+def render_compare(row: dict[str, Any], a: str, b: str, console: Console) -> None:
+    t = Table(title=f"B = {escape(b)} against A = {escape(a)}", title_justify="left")
+    t.add_column("")
+    t.add_column("frames", justify="right")
+    t.add_column("MiB", justify="right")
+    t.add_column("distinct contents", justify="right")
+    for label, f, c in (
+        ("A", row["a_frames"], row["a_contents"]),
+        ("B", row["b_frames"], row["b_contents"]),
+        ("B shared with A", row["shared"], row["shared_contents"]),
+        ("B only (incremental cost)", row["b_only"], row["b_only_contents"]),
+    ):
+        t.add_row(label, f"{f:,}", f"{pages_to_mib(f):,.1f}", f"{c:,}")
+    console.print(t)
+
+
+def render_vms(rows: list[dict[str, Any]], console: Console) -> None:
+    if not rows:
+        console.print("No QEMU guests on this host.")
+        return
+    t = Table(title="QEMU guests", title_justify="left")
+    for col, just in (
+        ("pid", "right"),
+        ("name", "left"),
+        ("RAM MiB", "right"),
+        ("machine", "left"),
+        ("accel", "left"),
+        ("KSM merge", "left"),
+        ("RSS MiB", "right"),
+        ("PSS MiB", "right"),
+    ):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(
+            str(r["pid"]),
+            escape(str(r["name"] or "")),
+            f"{r['ram_bytes'] // MIB:,}",
+            escape(str(r["machine"])),
+            str(r["accel"]),
+            "yes" if r["mem_merge"] else "no",
+            _mib(r["rss_bytes"]),
+            _mib(r["pss_bytes"]),
+        )
+    console.print(t)

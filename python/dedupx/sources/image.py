@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.parquet_output import write_frames
-from dedupx.process_scan import ProgressCallback
-from dedupx.snapshot import base_manifest
+from dedupx.coverage import image_coverage
+from dedupx.frames import Frames, Provenance
+from dedupx.sources.process import ProgressCallback
+from dedupx.store.parquet import write_frames
+from dedupx.store.snapshot import base_manifest
 
 FORMATS = ("raw", "elf", "lime")
 
@@ -28,6 +29,23 @@ class MemoryImage:
     segments: list[tuple[int, int]]
     frames: pl.DataFrame
 
+    @property
+    def source(self) -> str:
+        return f"image:{self.format}"
+
+    def to_frames(self) -> Frames:
+        """The image as the input every analysis takes: frames only, without flags (anon
+        and file cannot be told apart in an image)."""
+        return Frames(
+            frames=self.frames.lazy(),
+            provenance=Provenance(
+                kind="image",
+                source=self.source,
+                coverage=image_coverage(self.source, self.pages),
+                path=self.path,
+            ),
+        )
+
 
 def read_image(
     path: str | os.PathLike[str],
@@ -41,27 +59,14 @@ def read_image(
 
     Raises ``CorruptImage`` for truncated, mis-labelled, overlapping or misaligned images.
     """
-    raw: dict[str, Any] = _dedupx.image_frames(
-        os.fspath(path), format=format, threads=threads, progress=progress
-    )
+    raw = _dedupx.image_frames(os.fspath(path), format=format, threads=threads, progress=progress)
     return MemoryImage(
         path=Path(path),
         format=raw["format"],
         pages=raw["pages"],
-        segments=[tuple(s) for s in raw["segments"]],
+        segments=[(int(a), int(n)) for a, n in raw["segments"]],
         frames=pl.DataFrame(raw["frames"]),
     )
-
-
-def image_coverage(image: MemoryImage) -> dict[str, Any]:
-    zero = int(image.frames["zero"].sum())
-    return {
-        "source": f"image:{image.format}",
-        "pages_hashed": image.pages,
-        "pages_of_ram": image.pages,
-        "zero_pages": zero,
-        "not_covered": {},
-    }
 
 
 def image_snapshot(
@@ -74,10 +79,14 @@ def image_snapshot(
 ) -> Path:
     """Turns a memory image into a snapshot directory (frames keyed by physical page)."""
     image = read_image(path, format=format, threads=threads, progress=progress)
-    manifest = base_manifest("image", f"image:{image.format}", image_coverage(image))
+    manifest = base_manifest("image", image.source, image_coverage(image.source, image.pages))
     manifest["image"] = {
         "path": str(Path(path).resolve()),
         "format": image.format,
         "segments": [{"paddr": p, "bytes": n} for p, n in image.segments],
+        "zero_pages": int(image.frames["zero"].sum()),
     }
     return write_frames(out, {"frames": image.frames}, manifest)
+
+
+__all__ = ["FORMATS", "MemoryImage", "image_snapshot", "read_image"]

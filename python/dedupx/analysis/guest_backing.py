@@ -1,0 +1,29 @@
+"""How a guest's physical pages are backed by host pages, by RAM block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+
+def guest_backing(gpa_map: pl.DataFrame) -> dict[str, Any]:
+    """From one guest's gpa map: ``guest_pages``, ``backed_pages`` (those with a host
+    page), the map's ``source``, and per RAM block its pages and backed pages."""
+    backed = gpa_map.filter(pl.col("pfn").is_not_null())
+    has_source = "source" in gpa_map.columns and gpa_map.height > 0
+    return {
+        "gpa_map_source": gpa_map["source"][0] if has_source else None,
+        "guest_pages": gpa_map.height,
+        "backed_pages": backed.height,
+        "blocks": {
+            r["block"]: {"pages": r["pages"], "backed": r["backed"]}
+            for r in gpa_map.group_by("block")
+            .agg(pl.len().alias("pages"), pl.col("pfn").is_not_null().sum().alias("backed"))
+            .sort("block")
+            .iter_rows(named=True)
+        },
+    }
+
+
+__all__ = ["guest_backing"]

@@ -1,0 +1,111 @@
+"""The one coverage schema: how much of a capture's scope was hashed, and what the rest is.
+
+Every capture states it in the same shape (docs/metrics.md, "Coverage"):
+
+- ``source``: what read page contents (``process_vm_readv``, ``kcore:/proc/kcore``, ...);
+- ``scope``: what the pages counted are (``distinct present frames``, ``pages of RAM``,
+  ``pages of the image``);
+- ``pages_in_scope`` and ``pages_hashed``, and ``hashed_share`` of one in the other;
+- ``not_covered``: the unhashed pages by reason; ``pages_hashed`` plus these is
+  ``pages_in_scope``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from dedupx.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
+
+SCOPE_PROCESS = "distinct present frames"
+SCOPE_HOST = "pages of RAM"
+SCOPE_IMAGE = "pages of the image"
+
+
+def coverage(
+    source: str, scope: str, pages_in_scope: int, pages_hashed: int, not_covered: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "scope": scope,
+        "pages_in_scope": pages_in_scope,
+        "pages_hashed": pages_hashed,
+        "hashed_share": pages_hashed / pages_in_scope if pages_in_scope else 1.0,
+        "not_covered": not_covered,
+    }
+
+
+def process_coverage(stats: dict[str, Any]) -> dict[str, Any]:
+    """A process scan's coverage from the core's counters: distinct present frames, those
+    hashed, and the rest as unreadable (no mapping can be copied: I/O, PFN maps) or
+    vanished (failed to copy or changed mapping while being read)."""
+    return coverage(
+        "process_vm_readv",
+        SCOPE_PROCESS,
+        int(stats.get("distinct_pfns", 0)),
+        int(stats.get("hashed_pfns", 0)),
+        {
+            "unreadable": int(stats.get("unreadable_pfns", 0)),
+            "vanished": int(stats.get("vanished_pfns", 0)),
+        },
+    )
+
+
+def image_coverage(source: str, pages: int) -> dict[str, Any]:
+    """An image's: every page it holds is read (holes read as zeros)."""
+    return coverage(source, SCOPE_IMAGE, pages, pages, {})
+
+
+class HostCoverage:
+    """Counts a host's frames by class as they stream past, once each."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, chunk: pl.DataFrame) -> None:
+        unhashed = pl.col("hash").is_null()
+        unmapped = unhashed & ~pl.col("mapped")
+        row = chunk.select(
+            pl.len().alias("pages"),
+            pl.col("hash").is_not_null().sum().alias("hashed"),
+            (unhashed & flag(KPF_NOPAGE)).sum().alias("no_page"),
+            # Only the head page of a free block has KPF_BUDDY; its tails carry no flags.
+            (unmapped & (flag(KPF_BUDDY) | (pl.col("kpageflags") == 0))).sum().alias("free"),
+            (unmapped & flag(KPF_LRU) & ~flag(KPF_ANON) & ~flag(KPF_SWAPBACKED))
+            .sum()
+            .alias("unmapped_page_cache"),
+            (unmapped & (flag(KPF_ANON) | flag(KPF_SWAPBACKED))).sum().alias("unmapped_anon_shmem"),
+            (unhashed & pl.col("mapped")).sum().alias("mapped_unread"),
+        ).row(0, named=True)
+        for k, v in row.items():
+            self.counts[k] = self.counts.get(k, 0) + int(v)
+
+    def summary(self, source: str) -> dict[str, Any]:
+        c = dict(self.counts)
+        total, hashed = c.pop("pages", 0), c.pop("hashed", 0)
+        c["kernel_and_other"] = total - hashed - sum(c.values())
+        return coverage(source, SCOPE_HOST, total, hashed, c)
+
+
+def upgrade_v1(old: dict[str, Any]) -> dict[str, Any]:
+    """Coverage as format 1 snapshots wrote it (``pages_of_ram``), in today's schema."""
+    if "pages_of_ram" not in old:
+        return old
+    scope = SCOPE_IMAGE if str(old.get("source", "")).startswith("image:") else SCOPE_HOST
+    return coverage(
+        str(old.get("source", "unknown")),
+        scope,
+        int(old["pages_of_ram"]),
+        int(old.get("pages_hashed", 0)),
+        dict(old.get("not_covered", {})),
+    )
+
+
+__all__ = [
+    "HostCoverage",
+    "coverage",
+    "image_coverage",
+    "process_coverage",
+    "upgrade_v1",
+]

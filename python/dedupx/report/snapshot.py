@@ -1,0 +1,80 @@
+"""What `dedupx analyze` says about a capture, as one plain dict (what --json prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from dedupx.analysis.dedup_matrix import dedup_matrix
+from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
+from dedupx.analysis.footprint import footprint, group_footprints
+from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
+from dedupx.analysis.incremental_cost import incremental_cost
+from dedupx.exceptions import DedupxError
+from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.sources.guest_view import GuestView
+from dedupx.units import pages_to_mib
+
+
+def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[dict[str, Any]]:
+    """Per VM: its dedup matrix, incremental cost given the rest, and with a guest's own
+    view, its pages by guest class and its inactive-LRU bloat."""
+    assert f.processes is not None
+    vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm").collect()
+    out = []
+    for pid, comm in vms.iter_rows():
+        r: dict[str, Any] = {"pid": pid, "comm": comm}
+        view = (guests or {}).get(pid)
+        r["dedup_matrix"] = dedup_matrix(f, pid).to_dicts()
+        try:
+            r["incremental_cost"] = incremental_cost(
+                f, pid, guest_frames=view.guest_frames(pid) if view else None
+            )
+        except DedupxError as e:
+            r["incremental_cost_error"] = str(e)
+        if view is not None:
+            r["guest_classes"] = guest_classes(view)
+            r["bloat"] = inactive_bloat(view)
+        out.append(r)
+    return out
+
+
+def snapshot_report(
+    data: Frames | HasFrames, top: int = 10, guests: dict[int, GuestView] | None = None
+) -> dict[str, Any]:
+    f = as_frames(data)
+    m = f.provenance.manifest
+    report: dict[str, Any] = {
+        "path": str(f.provenance.path),
+        "kind": f.provenance.kind,
+        "source": f.provenance.source,
+        "created": m.get("created"),
+        "hostname": m.get("hostname"),
+        "kernel": m.get("kernel"),
+        "coverage": f.provenance.coverage,
+    }
+    dup = duplicates(f).row(0, named=True)
+    report["duplicates"] = dup
+    report["duplicates_mib"] = {
+        k: (pages_to_mib(dup[k]) if dup[k] is not None else None)
+        for k in (*SAVING_COLUMNS, "ksm_reachable")
+    }
+    report["top_duplicates"] = top_duplicates(f, top).to_dicts()
+    if f.pages is not None and f.processes is not None:
+        fp = footprint(f)
+        procs = f.processes.collect()
+        per_proc = (
+            fp.join(procs.select("pid", "comm", "kind"), on="pid", how="left")
+            .sort("pss_bytes", descending=True)
+            .select("pid", "comm", "kind", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes")
+        )
+        report["processes"] = per_proc.head(top).to_dicts()
+        report["process_count"] = procs.height
+        report["groups"] = group_footprints(f, fp).to_dicts()
+        report["total_pss_bytes"] = int(fp["pss_bytes"].sum())
+        report["vms"] = vm_reports(f, guests)
+    return report
+
+
+__all__ = ["snapshot_report", "vm_reports"]

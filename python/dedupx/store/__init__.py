@@ -1,0 +1,1 @@
+"""Where captures are kept: snapshot directories of Parquet frames and a manifest."""

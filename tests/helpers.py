@@ -1,0 +1,138 @@
+"""Helpers the tests share: a C process whose pages hold content the test chose, the CLI
+run as a user runs it, and the kernel's own figures to check dedupx against."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import dedupx
+from dedupx.analysis.guest_memory import lru_pages
+
+PAGE = 4096
+FIXTURES = Path(__file__).parent / "fixtures"
+# The guest's lists move a little between meminfo and the flags (the agent's own pages
+# among them): each list must lie within its meminfo values read just before and just after
+# the flags, give or take 2% or 1 MiB.
+LRU_TOLERANCE = (0.02, 256)
+
+
+def random_page(rng: random.Random) -> bytes:
+    return rng.randbytes(PAGE)
+
+
+def fill_page(byte: int) -> bytes:
+    return bytes([byte]) * PAGE
+
+
+@dataclass
+class LayoutProcess:
+    proc: subprocess.Popen[str]
+    regions: dict[str, tuple[int, int]]  # name -> (start address, pages)
+    spec: dict[str, list[bytes]]  # name -> page contents as laid out
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def page_contents(self) -> dict[int, tuple[str, bytes]]:
+        """vaddr -> (region, content) for every page the test laid out."""
+        out: dict[int, tuple[str, bytes]] = {}
+        for name, pages in self.spec.items():
+            start, n = self.regions[name]
+            assert n == len(pages)
+            for i, content in enumerate(pages):
+                out[start + i * PAGE] = (name, content)
+        return out
+
+
+def start_layout(
+    binary: Path, workdir: Path, spec: dict[str, list[bytes]], zeroread: int = 0
+) -> LayoutProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, pages in spec.items():
+        (workdir / name).write_bytes(b"".join(pages))
+    if zeroread:
+        (workdir / "zeroread.n").write_text(str(zeroread))
+    proc = subprocess.Popen([str(binary), str(workdir)], stdout=subprocess.PIPE, text=True)
+    regions: dict[str, tuple[int, int]] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "READY":
+            break
+        _, name, start, pages = line.split()
+        regions[name] = (int(start, 16), int(pages))
+    else:
+        proc.wait(5)
+        raise RuntimeError(f"page_layout exited with {proc.returncode}")
+    return LayoutProcess(proc, regions, spec)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def fixture_spec() -> dict[str, list[bytes]]:
+    """The standard layout: unique, copied, all-equal, zero-filled, file and shmem pages."""
+    rng = random.Random(20261126)
+    u = [random_page(rng) for _ in range(5)]
+    x, y, f, w = (random_page(rng) for _ in range(4))
+    z, s, m = fill_page(0), fill_page(0xAB), fill_page(0x5C)
+    return {
+        "anon.bin": [u[0], u[1], x, x, x, z, z, s, s, s, s, y],
+        "mergeable.bin": [x, m, m, u[2], z],
+        "file.bin": [y, f, f, u[3], x],
+        "shm.bin": [w, w, s, u[4]],
+    }
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "dedupx", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("dedupx: error: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """The kernel's /proc/PID/smaps_rollup, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def assert_lru_within_meminfo(view: dedupx.GuestView) -> None:
+    """Each LRU list by the guest's flags lies within meminfo before and after, with slack."""
+    before, after = view.meta["meminfo_before_kb"], view.meta["meminfo_kb"]
+    for name, v in lru_pages(view).items():
+        lo, hi = sorted((before[name] // 4, after[name] // 4))
+        slack = max(LRU_TOLERANCE[0] * hi, LRU_TOLERANCE[1])
+        assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
