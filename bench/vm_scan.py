@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import dedupx
-
 from guest_kit import Guest, ensure_packages, guest_assets
 
 
