@@ -29,7 +29,7 @@ from dedupx.report.terminal import (
 from dedupx.sources.capture import load
 from dedupx.sources.guest_view import GuestView, read_guest_agent, read_guest_qga
 from dedupx.sources.host import snapshot
-from dedupx.sources.image import image_snapshot
+from dedupx.sources.image import FORMATS, image_snapshot
 from dedupx.sources.process import ProcessScan, ProgressCallback, scan, scan_largest
 from dedupx.store.parquet import write_frames
 from dedupx.store.snapshot import base_manifest, open_snapshot
@@ -287,7 +287,7 @@ def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str |
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["raw", "elf", "lime"]),
+    type=click.Choice(FORMATS),
     help="Image format (default: detected by magic; anything not ELF or LiME is raw).",
 )
 @click.option("--threads", default=0, help="Worker threads (default: one per core).")

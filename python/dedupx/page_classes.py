@@ -38,11 +38,6 @@ def is_anon(column: str = FLAGS) -> pl.Expr:
     return flag(KPF_ANON, column) | flag(KPF_SWAPBACKED, column)
 
 
-def is_file(column: str = FLAGS) -> pl.Expr:
-    """file: page cache of a regular file (not anon)."""
-    return ~is_anon(column)
-
-
 def is_private_anon(column: str = FLAGS) -> pl.Expr:
     """private anon: KPF_ANON (the footprint's ``anon``, smaps' ``Anonymous``)."""
     return flag(KPF_ANON, column)
@@ -102,7 +97,6 @@ __all__ = [
     "guest_class",
     "is_anon",
     "is_cold",
-    "is_file",
     "is_ksm",
     "is_ksm_eligible",
     "is_mapped_file",

@@ -12,8 +12,4 @@ def pages_to_mib(pages: float) -> float:
     return pages * PAGE_SIZE / MIB
 
 
-def bytes_to_mib(n_bytes: float) -> float:
-    return n_bytes / MIB
-
-
-__all__ = ["MIB", "PAGE_SIZE", "bytes_to_mib", "pages_to_mib"]
+__all__ = ["MIB", "PAGE_SIZE", "pages_to_mib"]

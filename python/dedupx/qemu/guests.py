@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.exceptions import NotAGuest, ProcessNotFound, QmpError
+from dedupx.exceptions import ProcessNotFound, QmpError
 from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import GpaLayout, layout_from_cmdline, layout_from_qmp
 
@@ -45,14 +45,6 @@ def read_argv(pid: int, proc_root: str = "/proc") -> list[str]:
     except FileNotFoundError:
         raise ProcessNotFound(f"no process with PID {pid}") from None
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def guest_config(pid: int, proc_root: str = "/proc") -> QemuConfig:
-    argv = read_argv(pid, proc_root)
-    if not is_qemu(argv):
-        what = os.path.basename(argv[0]) if argv else "a kernel thread"
-        raise NotAGuest(f"PID {pid} is {what}, not a QEMU guest")
-    return parse_qemu_cmdline(argv)
 
 
 def _rollup(pid: int, proc_root: str) -> tuple[int, int]:

@@ -25,7 +25,6 @@ from dedupx.frames import Frames, Provenance
 from dedupx.units import PAGE_SIZE
 
 FORMAT_VERSION = 2
-FRAME_NAMES = ("processes", "vmas", "pages", "frames", "gpa_map")
 
 
 def base_manifest(kind: str, source: str, coverage: dict[str, Any]) -> dict[str, Any]:
@@ -111,4 +110,4 @@ def _open_frame(root: Path, name: str, rel: str, expected_rows: int | None) -> p
     return pl.scan_parquet(parts)
 
 
-__all__ = ["FORMAT_VERSION", "FRAME_NAMES", "base_manifest", "open_snapshot"]
+__all__ = ["FORMAT_VERSION", "base_manifest", "open_snapshot"]
