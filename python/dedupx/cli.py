@@ -105,7 +105,7 @@ def main() -> None:
     "--parquet",
     "parquet_dir",
     type=click.Path(file_okay=False),
-    help="Also write the vmas, pages and frames frames as Parquet into this new directory.",
+    help="Also save the scan as a snapshot directory (Parquet frames) that analyze opens.",
 )
 @click.option("--top", default=10, show_default=True, help="How many duplicated contents to list.")
 @click.option("--threads", default=0, help="Worker threads (default: one per core).")
