@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from typing import Any, final
+from typing import Protocol, TypedDict, final, type_check_only
 
 __all__ = [
     "PAGE_SIZE",
@@ -13,6 +13,77 @@ __all__ = [
 __version__: str
 PAGE_SIZE: int
 
+@type_check_only
+class _ArrowStream(Protocol):
+    """A table handed over through the Arrow PyCapsule stream (pyarrow.table(t), pl.DataFrame(t))."""
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+@type_check_only
+class _ProcessInfo(TypedDict):
+    pid: int
+    ppid: int
+    comm: str
+    cmdline: list[str]
+
+@type_check_only
+class _ScanStats(TypedDict):
+    present_pages: int
+    swapped_pages: int
+    distinct_pfns: int
+    hashed_pfns: int
+    unreadable_pfns: int
+    vanished_pfns: int
+    threads: int
+    stage_ms: dict[str, int]
+
+@type_check_only
+class _ProcessFrames(TypedDict):
+    vmas: _ArrowStream
+    pages: _ArrowStream
+    info: _ProcessInfo
+    stats: _ScanStats
+
+@type_check_only
+class _ImageFrames(TypedDict):
+    frames: _ArrowStream
+    format: str
+    pages: int
+    segments: list[tuple[int, int]]
+
+@type_check_only
+class _AgentFile(TypedDict):
+    meta_json: str
+    frames: _ArrowStream
+
+@type_check_only
+class _CachedFileName(TypedDict):
+    path: str
+
+@type_check_only
+class _CachedFile(_CachedFileName, total=False):
+    cached_pages: int
+    pages: int
+    error: str
+
+@type_check_only
+class _HostStats(TypedDict):
+    processes: int
+    exited: int
+    denied: int
+    present_pages: int
+    distinct_pfns: int
+    hashed_pfns: int
+    unreadable_pfns: int
+    vanished_pfns: int
+    threads: int
+    stage_ms: dict[str, int]
+    physical_source: tuple[str, str] | None
+    physical_source_notes: list[str]
+    ram_ranges: list[tuple[int, int]]
+    cached_files: list[_CachedFile]
+    file_cache_frames: int
+
 def scan_process_frames(
     pid: int,
     *,
@@ -20,15 +91,15 @@ def scan_process_frames(
     hash: bool = True,
     proc_root: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]: ...
-def read_agent_file(path: str) -> dict[str, Any]: ...
+) -> _ProcessFrames: ...
+def read_agent_file(path: str) -> _AgentFile: ...
 def image_frames(
     path: str,
     *,
     format: str | None = None,
     threads: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]: ...
+) -> _ImageFrames: ...
 
 @final
 class HostSnapshot:
@@ -44,11 +115,11 @@ class HostSnapshot:
         cached_files: list[str] = ...,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> HostSnapshot: ...
-    def stats(self) -> dict[str, Any]: ...
-    def processes(self) -> Any: ...
-    def vmas(self) -> Any: ...
+    def stats(self) -> _HostStats: ...
+    def processes(self) -> _ArrowStream: ...
+    def vmas(self) -> _ArrowStream: ...
     def process_count(self) -> int: ...
     def page_windows(self, index: int, max_pages: int) -> list[tuple[int, int]]: ...
-    def pages(self, index: int, start: int, end: int) -> Any: ...
+    def pages(self, index: int, start: int, end: int) -> _ArrowStream: ...
     def ram_ranges(self) -> list[tuple[int, int]]: ...
-    def frames(self, start: int, end: int) -> Any: ...
+    def frames(self, start: int, end: int) -> _ArrowStream: ...

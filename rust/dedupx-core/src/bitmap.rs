@@ -15,6 +15,27 @@ impl BitVec {
         }
     }
 
+    /// `len` bits, all clear.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// Sets bit `i` to `bit` and returns what it was.
+    pub fn replace(&mut self, i: usize, bit: bool) -> bool {
+        assert!(i < self.len, "bit {i} of {}", self.len);
+        let (w, mask) = (i / 64, 1u64 << (i % 64));
+        let was = self.words[w] & mask != 0;
+        if bit {
+            self.words[w] |= mask;
+        } else {
+            self.words[w] &= !mask;
+        }
+        was
+    }
+
     pub fn push(&mut self, bit: bool) {
         if self.len % 64 == 0 {
             self.words.push(0);
@@ -75,5 +96,14 @@ mod tests {
         assert_eq!(words.len(), 3);
         assert_eq!(words[0] & 0b1111, 0b1001);
         assert_eq!(words[2], 0b10);
+    }
+
+    #[test]
+    fn replace_reports_the_old_bit() {
+        let mut b = BitVec::zeros(70);
+        assert!(!b.replace(65, true));
+        assert!(b.replace(65, true));
+        assert!(b.get(65) && !b.get(64));
+        assert_eq!(b.count_ones(), 1);
     }
 }

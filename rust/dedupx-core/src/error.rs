@@ -1,6 +1,11 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::parallel::ThreadPoolError;
+use crate::phys_image::ImageError;
+use crate::read_plan::PlanError;
+use crate::stages::Interrupted;
+
 /// Everything that can stop a scan, with the context a user needs to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -28,8 +33,28 @@ pub enum ScanError {
         reason: String,
     },
 
+    #[error("{path} shows no addresses: run dedupx as root")]
+    IomemHidden { path: PathBuf },
+
     #[error("scan interrupted")]
     Interrupted,
+
+    #[error("cannot copy pages of process {pid}: {source}")]
+    Copy {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(transparent)]
+    ThreadPool(#[from] ThreadPoolError),
+
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+
+    /// The physical memory source named for a host snapshot could not be opened.
+    #[error(transparent)]
+    Image(#[from] ImageError),
 
     #[error("cannot read {path}: {source}")]
     Io {
@@ -57,6 +82,12 @@ impl ScanError {
             Some(libc::EACCES) | Some(libc::EPERM) => ScanError::PermissionDenied { path },
             _ => ScanError::Io { path, source },
         }
+    }
+}
+
+impl From<Interrupted> for ScanError {
+    fn from(_: Interrupted) -> Self {
+        ScanError::Interrupted
     }
 }
 

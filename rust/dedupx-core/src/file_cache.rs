@@ -10,8 +10,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, ScanError};
-use crate::page_hash::{PageHash, PageHasher};
+use crate::page_hash::PageHash;
+use crate::page_source::{PageSource, WindowShape};
 use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::read_and_hash::read_and_hash;
+use crate::read_plan::{ReadPlan, ReadTask};
 use crate::PAGE_SIZE;
 
 /// The cached pages of one file: (page index in the file, PFN, hash).
@@ -86,24 +89,70 @@ pub fn cached_pages(path: &Path, proc_root: &Path) -> Result<CachedPages> {
     let pagemap = Pagemap::open(proc_root, std::process::id())?;
     let mut entries = Vec::new();
     pagemap.read_range(mapping.addr as u64, pages, &mut entries)?;
-    let mut hasher = PageHasher::new();
-    let mut hashes = Vec::new();
-    for chunk in cached.chunks(256) {
-        let refs: Vec<&[u8]> = chunk
-            .iter()
-            .map(|&i| &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
-            .collect();
-        hasher.hash_or_zero(&refs, &mut hashes);
-        for (&i, &(h, _)) in chunk.iter().zip(&hashes) {
-            // A page evicted between mincore and the touch was read back in from disk:
-            // still the file's content, and now cached; keep it.
-            if let Some(pfn) = PagemapEntry(entries[i]).pfn() {
-                out.pages.push((i as u64, pfn, h));
-            }
+    let tasks = cached
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| ReadTask {
+            addr: (i * PAGE_SIZE) as u64,
+            stream: 0,
+            slot: k as u32,
+        })
+        .collect();
+    let plan = ReadPlan::new(tasks, cached.len())?;
+    let mut hashes = vec![[0u8; 16]; cached.len()];
+    let mut hashed = vec![false; cached.len()];
+    read_and_hash(
+        &MappedFile { bytes },
+        &plan,
+        &mut hashes,
+        &mut hashed,
+        &|_| Ok(()),
+    )?;
+    for (&i, h) in cached.iter().zip(hashes) {
+        // A page evicted between mincore and the touch was read back in from disk: still
+        // the file's content, and now cached; keep it.
+        if let Some(pfn) = PagemapEntry(entries[i]).pfn() {
+            out.pages.push((i as u64, pfn, h));
         }
     }
     drop(mapping);
     Ok(out)
+}
+
+/// A file mapped into our own memory as a page source: addresses are file offsets.
+struct MappedFile<'a> {
+    bytes: &'a [u8],
+}
+
+impl PageSource for MappedFile<'_> {
+    type Stream = ();
+    type Error = ScanError;
+
+    fn window_shape(&self) -> WindowShape {
+        WindowShape {
+            pages: 256,
+            span: u64::MAX,
+        }
+    }
+
+    fn open_stream(&self, _stream: u32) -> Result<()> {
+        Ok(())
+    }
+
+    fn read_window(
+        &self,
+        _stream: &(),
+        addrs: &[u64],
+        buf: &mut [u8],
+        ok: &mut Vec<bool>,
+    ) -> Result<()> {
+        for (&at, page) in addrs.iter().zip(buf.chunks_exact_mut(PAGE_SIZE)) {
+            page.copy_from_slice(&self.bytes[at as usize..][..PAGE_SIZE]);
+        }
+        ok.clear();
+        ok.resize(addrs.len(), true);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,25 @@
 //! `/proc/iomem`: which physical address ranges are System RAM.
 
+use std::path::Path;
+
+use crate::error::{Result, ScanError};
+
+/// System RAM from the iomem file at `path`. The kernel shows unprivileged readers every
+/// address as zero, which is refused here: no range could be told from another.
+pub fn read_system_ram(path: &Path) -> Result<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let ram = system_ram(&text);
+    if ram.iter().all(|&(_, end)| end == 0) {
+        return Err(ScanError::IomemHidden {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(ram)
+}
+
 /// Inclusive-exclusive physical byte ranges of top-level "System RAM" entries.
 pub fn system_ram(text: &str) -> Vec<(u64, u64)> {
     text.lines()

@@ -8,19 +8,8 @@ use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
 
-// Bit numbers from include/uapi/linux/kernel-page-flags.h.
-pub const KPF_REFERENCED: u32 = 2;
-pub const KPF_LRU: u32 = 5;
-pub const KPF_ACTIVE: u32 = 6;
-pub const KPF_MMAP: u32 = 11;
-pub const KPF_ANON: u32 = 12;
-pub const KPF_SWAPBACKED: u32 = 14;
-pub const KPF_COMPOUND_HEAD: u32 = 15;
-pub const KPF_COMPOUND_TAIL: u32 = 16;
-pub const KPF_HUGE: u32 = 17;
-pub const KPF_NOPAGE: u32 = 20;
-pub const KPF_KSM: u32 = 21;
-pub const KPF_THP: u32 = 22;
+// Bit number from include/uapi/linux/kernel-page-flags.h. The core tests only this one
+// (the zero page is never read); the analyses decode the other flags in Python.
 pub const KPF_ZERO_PAGE: u32 = 24;
 
 #[inline]

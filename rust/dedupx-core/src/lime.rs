@@ -74,13 +74,3 @@ pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeErr
     }
     Ok(out)
 }
-
-/// The 32-byte header of one range (test and fixture helper).
-pub fn range_header(paddr: u64, len: u64) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    h[0..4].copy_from_slice(&LIME_MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&1u32.to_le_bytes());
-    h[8..16].copy_from_slice(&paddr.to_le_bytes());
-    h[16..24].copy_from_slice(&(paddr + len - 1).to_le_bytes());
-    h
-}

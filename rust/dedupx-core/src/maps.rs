@@ -57,6 +57,12 @@ impl Vma {
         self.vm_flags.iter().any(|f| f == code)
     }
 
+    /// Whether the pagemap covers it: the legacy `[vsyscall]` page lies above the user
+    /// address space the pagemap describes.
+    pub fn in_pagemap(&self) -> bool {
+        self.path != "[vsyscall]"
+    }
+
     /// `MADV_MERGEABLE` set: KSM may merge its private anonymous pages.
     pub fn mergeable(&self) -> bool {
         self.has_flag("mg")

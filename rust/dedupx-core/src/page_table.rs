@@ -36,18 +36,10 @@ impl PageTable {
     pub fn is_empty(&self) -> bool {
         self.vaddr.is_empty()
     }
-
-    pub fn hash(&self, row: usize) -> Option<PageHash> {
-        let slot = self.hash_slot[row];
-        (slot != NO_HASH).then(|| {
-            let mut h = [0u8; 16];
-            h.copy_from_slice(&self.hashes[slot as usize * 16..][..16]);
-            h
-        })
-    }
 }
 
-/// What each distinct PFN holds (same order as the sorted distinct PFNs).
+/// What each distinct PFN holds (same order as the sorted distinct PFNs): its hash where
+/// `hashed`.
 pub struct Contents {
     pub hashes: Vec<PageHash>,
     pub hashed: Vec<bool>,

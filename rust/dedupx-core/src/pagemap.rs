@@ -41,6 +41,19 @@ impl PagemapEntry {
     }
 }
 
+/// Fails with `PfnHidden` when pages are present but every PFN reads as zero: the kernel
+/// hides PFNs from readers without CAP_SYS_ADMIN. `path` names the pagemap in the error.
+pub fn check_pfns_visible(
+    present_pages: u64,
+    mut pfns: impl Iterator<Item = u64>,
+    path: PathBuf,
+) -> Result<()> {
+    if present_pages > 0 && pfns.all(|pfn| pfn == 0) {
+        return Err(ScanError::PfnHidden { path });
+    }
+    Ok(())
+}
+
 /// An open pagemap; clones share the file.
 #[derive(Clone)]
 pub struct Pagemap {
@@ -58,10 +71,6 @@ impl Pagemap {
             path,
             pid,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Calls `visit(vaddr, entry)` for every present or swapped page in `[start, end)`.

@@ -4,13 +4,136 @@
 //! Only pages the pagemap showed present are asked for, so the copy does not fault pages
 //! in; a page unmapped or reclaimed in between makes the read fail or is caught by the
 //! pagemap check that follows it, and the page is recorded as not read.
+//!
+//! [`ProcessPages`] is the [`PageSource`] over processes' memory: a stream is a PID, and each
+//! copy is re-checked against the pagemap, so a page remapped meanwhile is dropped, not
+//! mis-attributed.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Result, ScanError};
+use crate::page_source::{PageSource, WindowShape};
+use crate::pagemap::{Pagemap, PagemapEntry};
 use crate::PAGE_SIZE;
+
+/// Pages copied by one `process_vm_readv` and hashed while still in L2; they lie within
+/// 2048 pages of address space, so that the pagemap re-check after the copy is one small
+/// read.
+const WINDOW: WindowShape = WindowShape {
+    pages: 128,
+    span: 2048 * PAGE_SIZE as u64,
+};
+
+/// The files a window needs from its process: pagemap for the re-check after the copy,
+/// and /proc/PID/mem as the fallback for pages under PROT_NONE.
+#[derive(Clone)]
+pub struct ProcessFiles {
+    pub pid: u32,
+    pub pagemap: Pagemap,
+    pub mem: Option<Arc<File>>,
+}
+
+impl ProcessFiles {
+    pub fn open(proc_root: &Path, pid: u32) -> Result<Self> {
+        let pagemap = Pagemap::open(proc_root, pid)?;
+        let mem = File::open(proc_root.join(pid.to_string()).join("mem"))
+            .ok()
+            .map(Arc::new);
+        Ok(Self { pid, pagemap, mem })
+    }
+}
+
+/// Processes' memory as a page source: stream = PID, address = virtual address. A task's
+/// slot is the index of the PFN the page must still map, in `pfns`.
+pub struct ProcessPages<'a> {
+    proc_root: &'a Path,
+    pfns: &'a [u64],
+    /// Files opened once for a one-process scan; otherwise each PID's are opened as needed.
+    files: Option<ProcessFiles>,
+    tolerate_exit: bool,
+}
+
+impl<'a> ProcessPages<'a> {
+    /// One process whose files are already open; its exit fails the read.
+    pub fn one(files: ProcessFiles, pfns: &'a [u64]) -> Self {
+        Self {
+            proc_root: Path::new("/"),
+            pfns,
+            files: Some(files),
+            tolerate_exit: false,
+        }
+    }
+
+    /// Any process under `proc_root`; one that exits loses its remaining pages.
+    pub fn any(proc_root: &'a Path, pfns: &'a [u64]) -> Self {
+        Self {
+            proc_root,
+            pfns,
+            files: None,
+            tolerate_exit: true,
+        }
+    }
+}
+
+impl PageSource for ProcessPages<'_> {
+    type Stream = ProcessFiles;
+    type Error = ScanError;
+
+    fn window_shape(&self) -> WindowShape {
+        WINDOW
+    }
+
+    fn open_stream(&self, pid: u32) -> Result<ProcessFiles> {
+        match &self.files {
+            Some(f) => Ok(f.clone()),
+            None => ProcessFiles::open(self.proc_root, pid),
+        }
+    }
+
+    fn read_window(
+        &self,
+        files: &ProcessFiles,
+        addrs: &[u64],
+        buf: &mut [u8],
+        ok: &mut Vec<bool>,
+    ) -> Result<()> {
+        read_pages(files.pid, files.mem.as_deref(), addrs, buf, ok)
+    }
+
+    /// The mapping may have changed between pagemap and copy: keep only pages whose PFN is
+    /// still the one whose flags were read.
+    fn verify(
+        &self,
+        files: &ProcessFiles,
+        addrs: &[u64],
+        slots: &[u32],
+        ok: &mut [bool],
+    ) -> Result<()> {
+        let (Some(&first), Some(&last)) = (addrs.first(), addrs.last()) else {
+            return Ok(());
+        };
+        let span = ((last - first) / PAGE_SIZE as u64 + 1) as usize;
+        let mut now = Vec::with_capacity(span);
+        files.pagemap.read_range(first, span, &mut now)?;
+        for ((&va, &slot), ok) in addrs.iter().zip(slots).zip(ok.iter_mut()) {
+            let at = ((va - first) / PAGE_SIZE as u64) as usize;
+            *ok = *ok && PagemapEntry(now[at]).pfn() == Some(self.pfns[slot as usize]);
+        }
+        Ok(())
+    }
+
+    fn loses_stream(&self, err: &ScanError) -> bool {
+        self.tolerate_exit
+            && matches!(
+                err,
+                ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }
+            )
+    }
+}
 
 /// Reads the pages at `vaddrs` (sorted, page-aligned) into `buf` (`vaddrs.len()` pages) and
 /// returns for each page whether it was read. Consecutive pages go in one iovec.
@@ -43,12 +166,7 @@ pub fn read_pages(
                     ok[i] = read_forced(mem, vaddrs[i], &mut buf[i * PAGE_SIZE..][..PAGE_SIZE]);
                     i += 1;
                 }
-                _ => {
-                    return Err(ScanError::Io {
-                        path: format!("process_vm_readv(pid {pid})").into(),
-                        source: e,
-                    })
-                }
+                _ => return Err(ScanError::Copy { pid, source: e }),
             },
         }
     }

@@ -4,18 +4,21 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
-use crate::kpageflags::KpageFiles;
+use crate::kpageflags::{self, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
-use crate::page_contents::{hash_tasks, plan_process_reads, ProcessFiles};
+use crate::page_hash::zero_page_hash;
 use crate::page_table::{assemble, Contents, PageTable};
-use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::pagemap::{check_pfns_visible, Pagemap, PagemapEntry};
 use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
+use crate::process_memory::{ProcessFiles, ProcessPages};
+use crate::read_and_hash::read_and_hash;
+use crate::read_plan::{ReadPlan, ReadTask};
+use crate::stages::{check, Progress, StageClock, StageTimes};
 
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
@@ -37,9 +40,6 @@ impl Default for ScanOptions {
     }
 }
 
-/// Called with (stage, done, total); returning false stops the scan with `Interrupted`.
-pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) -> bool + Sync);
-
 #[derive(Debug, Default, Clone)]
 pub struct ScanStats {
     pub present_pages: u64,
@@ -53,7 +53,7 @@ pub struct ScanStats {
     pub vanished_pfns: u64,
     pub threads: usize,
     /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, assemble.
-    pub stage_ms: [u64; 4],
+    pub stage_ms: StageTimes,
 }
 
 #[derive(Debug)]
@@ -65,17 +65,11 @@ pub struct ProcessScan {
 }
 
 pub fn scan_process(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<ProcessScan> {
-    let (scan, threads) = in_pool(opts.threads, || {
-        let threads = rayon::current_num_threads();
-        scan_in_pool(pid, opts, progress).map(|s| (s, threads))
-    })
-    .map_err(|source| ScanError::Io {
-        path: PathBuf::from("thread pool"),
-        source,
-    })??;
-    let mut scan = scan;
-    scan.stats.threads = threads;
-    Ok(scan)
+    in_pool(opts.threads, || {
+        let mut scan = scan_in_pool(pid, opts, progress)?;
+        scan.stats.threads = rayon::current_num_threads();
+        Ok(scan)
+    })?
 }
 
 fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<ProcessScan> {
@@ -96,36 +90,24 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     let info = read_proc_info(root, pid)?;
     let vmas = read_vmas(root, pid)?;
 
-    let check = |stage: &str, done: u64, total: u64| {
-        if progress(stage, done, total) {
-            Ok(())
-        } else {
-            Err(ScanError::Interrupted)
-        }
-    };
-    let mut clock = Instant::now();
-    let mut lap = || {
-        let ms = clock.elapsed().as_millis() as u64;
-        clock = Instant::now();
-        ms
-    };
+    let mut clock = StageClock::start();
     let total_pages: u64 = vmas.iter().map(Vma::pages).sum();
-    check("pagemap", 0, total_pages)?;
+    check(progress, "pagemap", 0, total_pages)?;
     let (vma_id, vaddr, entries) = read_mapped(&pagemap, &vmas)?;
-    check("pagemap", total_pages, total_pages)?;
+    check(progress, "pagemap", total_pages, total_pages)?;
     let present_pages = entries.iter().filter(|e| e.present()).count() as u64;
-    if present_pages > 0 && entries.iter().all(|e| e.pfn().unwrap_or(0) == 0) {
-        return Err(ScanError::PfnHidden {
-            path: dir.join("pagemap"),
-        });
-    }
+    check_pfns_visible(
+        present_pages,
+        entries.iter().map(|e| e.pfn().unwrap_or(0)),
+        dir.join("pagemap"),
+    )?;
     let (uniq, uidx) = distinct_pfns(&entries);
-    let pagemap_ms = lap();
+    clock.lap("pagemap");
 
-    check("kpageflags", 0, uniq.len() as u64)?;
+    check(progress, "kpageflags", 0, uniq.len() as u64)?;
     let flags = kpage.read_flags(&uniq)?;
-    check("kpageflags", uniq.len() as u64, uniq.len() as u64)?;
-    let kpageflags_ms = lap();
+    check(progress, "kpageflags", uniq.len() as u64, uniq.len() as u64)?;
+    clock.lap("kpageflags");
 
     let mut stats = ScanStats {
         present_pages,
@@ -135,7 +117,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     };
     let mut contents = Contents::unread(flags.len());
     if opts.hash {
-        let (tasks, unreadable) = plan_process_reads(
+        let (tasks, unreadable) = plan_reads(
             pid,
             &vmas,
             &vma_id,
@@ -146,18 +128,27 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
             &mut contents,
         );
         let zero_pages = contents.hashed.iter().filter(|&&h| h).count() as u64;
-        let files = ProcessFiles::open(root, pid)?;
-        let access = |_| Ok(files.clone());
-        let read = hash_tasks(&tasks, &uniq, &mut contents, &access, false, &check)?;
+        let plan = ReadPlan::new(tasks, uniq.len())?;
+        let source = ProcessPages::one(ProcessFiles::open(root, pid)?, &uniq);
+        let total = plan.len() as u64;
+        check(progress, "hash", 0, total)?;
+        let read = read_and_hash(
+            &source,
+            &plan,
+            &mut contents.hashes,
+            &mut contents.hashed,
+            &|done| Ok(check(progress, "hash", done, total)?),
+        )?;
         stats.hashed_pfns = read.hashed + zero_pages;
         stats.unreadable_pfns = unreadable;
         stats.vanished_pfns = read.vanished;
     }
-    let hash_ms = lap();
+    clock.lap("hash");
     let counts = kpage.read_counts(&uniq)?;
     drop(uniq);
     let pages = assemble(vma_id, vaddr, entries, uidx, flags, counts, contents);
-    stats.stage_ms = [pagemap_ms, kpageflags_ms, hash_ms, lap()];
+    clock.lap("assemble");
+    stats.stage_ms = clock.finish();
     Ok(ProcessScan {
         info,
         vmas,
@@ -180,8 +171,7 @@ fn read_mapped(pagemap: &Pagemap, vmas: &[Vma]) -> Result<Mapped> {
         .par_iter()
         .map(|vma| {
             let mut found = Vec::new();
-            // The legacy vsyscall page lies above the user address space pagemap covers.
-            if vma.path != "[vsyscall]" {
+            if vma.in_pagemap() {
                 pagemap.for_each_mapped(vma.start, vma.end, |va, e| found.push((va, e)))?;
             }
             Ok(found)
@@ -221,6 +211,53 @@ fn distinct_pfns(entries: &[PagemapEntry]) -> (Vec<u64>, Vec<u32>) {
         uidx[i as usize] = (uniq.len() - 1) as u32;
     }
     (uniq, uidx)
+}
+
+/// The reads for one process's pages: each PFN through its first readable page. The
+/// kernel zero page is never read (it is known to hold zeros): its slot is filled here.
+/// Returns the tasks and how many PFNs could not be read through any mapping.
+#[allow(clippy::too_many_arguments)]
+fn plan_reads(
+    pid: u32,
+    vmas: &[Vma],
+    vma_id: &[u32],
+    vaddr: &[u64],
+    entries: &[PagemapEntry],
+    uidx: &[u32],
+    flags: &[u64],
+    contents: &mut Contents,
+) -> (Vec<ReadTask>, u64) {
+    let n = flags.len();
+    let mut reader = vec![u32::MAX; n];
+    let mut zero_pages = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        if !e.present() {
+            continue;
+        }
+        let u = uidx[i] as usize;
+        if kpageflags::has(flags[u], KPF_ZERO_PAGE) {
+            if !contents.hashed[u] {
+                contents.hashes[u] = zero_page_hash();
+                contents.hashed[u] = true;
+                zero_pages += 1;
+            }
+        } else if reader[u] == u32::MAX && vmas[vma_id[i] as usize].readable() {
+            reader[u] = i as u32;
+        }
+    }
+    let mut tasks: Vec<ReadTask> = reader
+        .iter()
+        .enumerate()
+        .filter(|(_, &r)| r != u32::MAX)
+        .map(|(u, &r)| ReadTask {
+            stream: pid,
+            addr: vaddr[r as usize],
+            slot: u as u32,
+        })
+        .collect();
+    tasks.sort_unstable_by_key(|t| t.addr);
+    let unreadable = (n - tasks.len()) as u64 - zero_pages;
+    (tasks, unreadable)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use dedupx_core::agent_file::AgentFileError;
 use dedupx_core::phys_image::ImageError;
 use dedupx_core::ScanError;
-use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::PyErr;
 
 pyo3::import_exception!(dedupx.exceptions, ProcessNotFound);
@@ -14,18 +14,26 @@ pyo3::import_exception!(dedupx.exceptions, PfnHidden);
 pyo3::import_exception!(dedupx.exceptions, KernelUnsupported);
 pyo3::import_exception!(dedupx.exceptions, ProcParseError);
 pyo3::import_exception!(dedupx.exceptions, DedupxIOError);
+pyo3::import_exception!(dedupx.exceptions, FrameExportError);
 
 pub fn to_py(err: ScanError) -> PyErr {
     let msg = err.to_string();
     match err {
         ScanError::NoSuchProcess { .. } => ProcessNotFound::new_err(msg),
         ScanError::ProcessGone { .. } => ProcessGone::new_err(msg),
-        ScanError::PermissionDenied { .. } => PermissionDenied::new_err(msg),
+        ScanError::PermissionDenied { .. } | ScanError::IomemHidden { .. } => {
+            PermissionDenied::new_err(msg)
+        }
         ScanError::PfnHidden { .. } => PfnHidden::new_err(msg),
         ScanError::NoKpageflags { .. } => KernelUnsupported::new_err(msg),
         ScanError::Parse { .. } => ProcParseError::new_err(msg),
         ScanError::Interrupted => PyKeyboardInterrupt::new_err(msg),
-        ScanError::Io { .. } => DedupxIOError::new_err(msg),
+        ScanError::Io { .. } | ScanError::Copy { .. } | ScanError::ThreadPool(_) => {
+            DedupxIOError::new_err(msg)
+        }
+        // A read plan that names a slot twice is a bug in dedupx, not something to act on.
+        ScanError::Plan(_) => PyRuntimeError::new_err(msg),
+        ScanError::Image(e) => image_to_py(e),
     }
 }
 
@@ -34,9 +42,16 @@ pyo3::import_exception!(dedupx.exceptions, CorruptImage);
 pub fn image_to_py(err: ImageError) -> PyErr {
     let msg = err.to_string();
     match err {
-        ImageError::Open { .. } | ImageError::Io { .. } => DedupxIOError::new_err(msg),
+        ImageError::Open { .. } | ImageError::Io { .. } | ImageError::ThreadPool(_) => {
+            DedupxIOError::new_err(msg)
+        }
         ImageError::Interrupted => PyKeyboardInterrupt::new_err(msg),
-        _ => CorruptImage::new_err(msg),
+        ImageError::Plan(_) => PyRuntimeError::new_err(msg),
+        ImageError::Truncated { .. }
+        | ImageError::BadFormat { .. }
+        | ImageError::Overlap { .. }
+        | ImageError::Misaligned { .. }
+        | ImageError::Empty { .. } => CorruptImage::new_err(msg),
     }
 }
 

@@ -9,18 +9,21 @@ use arrow_array::{
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, ScalarBuffer};
 use arrow_data::ByteView;
 use arrow_schema::{ArrowError, Field, Schema};
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 
 use dedupx_core::agent_file::AgentData;
 use dedupx_core::bitmap::BitVec;
-use dedupx_core::host_scan::LOCAL;
+use dedupx_core::host_frames::LOCAL;
+use dedupx_core::image_frames::FrameTable;
 use dedupx_core::maps::Vma;
 use dedupx_core::page_table::{PageTable, NO_HASH};
-use dedupx_core::phys_image::{FrameTable, PhysImage};
+use dedupx_core::phys_image::PhysImage;
 use dedupx_core::process_scan::ProcessScan;
+use dedupx_core::stages::StageTimes;
+
+use crate::errors::FrameExportError;
 
 pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound<'_, PyDict>> {
     let pid = scan.info.pid;
@@ -44,22 +47,29 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     stats.set_item("unreadable_pfns", s.unreadable_pfns)?;
     stats.set_item("vanished_pfns", s.vanished_pfns)?;
     stats.set_item("threads", s.threads)?;
-    let stage_ms = PyDict::new(py);
-    for (name, ms) in ["pagemap", "kpageflags", "hash", "assemble"]
-        .iter()
-        .zip(s.stage_ms)
-    {
-        stage_ms.set_item(name, ms)?;
-    }
-    stats.set_item("stage_ms", stage_ms)?;
+    stats.set_item("stage_ms", stage_ms(py, &s.stage_ms)?)?;
     out.set_item("stats", stats)?;
     Ok(out)
 }
 
+/// Stage timings as a dict name → milliseconds, in the order the stages ran.
+pub fn stage_ms<'py>(py: Python<'py>, times: &StageTimes) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, ms) in &times.0 {
+        d.set_item(name, ms)?;
+    }
+    Ok(d)
+}
+
 pub fn table(batch: Result<RecordBatch, ArrowError>) -> PyResult<PyTable> {
-    let batch = batch.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let batch = batch.map_err(arrow_err)?;
     let schema = batch.schema();
-    PyTable::try_new(vec![batch], schema)
+    tables(vec![batch], schema)
+}
+
+/// Batches of one schema as a table; a mismatch is an export failure like any other.
+pub fn tables(batches: Vec<RecordBatch>, schema: arrow_schema::SchemaRef) -> PyResult<PyTable> {
+    PyTable::try_new(batches, schema).map_err(|e| FrameExportError::new_err(e.to_string()))
 }
 
 pub fn u64s(values: Vec<u64>, valid: Option<NullBuffer>) -> ArrayRef {
@@ -257,7 +267,7 @@ pub fn image_to_dict<'py>(
 }
 
 pub fn arrow_err(e: ArrowError) -> PyErr {
-    PyRuntimeError::new_err(e.to_string())
+    FrameExportError::new_err(e.to_string())
 }
 
 /// A dedupx-agent file as `meta_json` and a `frames` table keyed by guest page frame

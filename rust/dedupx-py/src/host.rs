@@ -4,37 +4,33 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 
-use dedupx_core::host_scan::{scan_host, HostScan};
-use dedupx_core::iomem;
-use dedupx_core::kpageflags::KpageFiles;
-use dedupx_core::phys_image::{open_live, PhysImage};
+use dedupx_core::host_scan::{HostProcess, HostScan};
+use dedupx_core::host_snapshot::HostOptions;
 use dedupx_core::process_scan::ScanOptions;
 
 use crate::errors;
-use crate::frames::{batch, bit_column, table, u64s, vmas_columns, HashStore};
+use crate::frames::{
+    arrow_err, batch, bit_column, pages_batch_with, stage_ms, table, tables, u64s, vmas_columns,
+    HashStore,
+};
 use crate::progress::ProgressBridge;
 
 #[pyclass(module = "dedupx._dedupx", frozen)]
 pub struct HostSnapshot {
-    scan: HostScan,
-    kpage: KpageFiles,
+    snap: dedupx_core::host_snapshot::HostSnapshot,
     store: HashStore,
-    phys: Option<PhysImage>,
-    /// System RAM as PFN ranges.
-    ram: Vec<(u64, u64)>,
-    phys_notes: Vec<String>,
-    /// Per file given to cover: (cached pages, pages) or why it could not be read.
-    file_cache: Vec<dedupx_core::host_scan::CachedFileReport>,
 }
 
 impl HostSnapshot {
-    fn process(&self, index: usize) -> PyResult<&dedupx_core::host_scan::HostProcess> {
-        self.scan
+    fn process(&self, index: usize) -> PyResult<&HostProcess> {
+        self.snap
+            .scan
             .processes
             .get(index)
             .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(index))
@@ -60,60 +56,34 @@ impl HostSnapshot {
         cached_files: Vec<PathBuf>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let proc_root = proc_root.unwrap_or_else(|| PathBuf::from("/proc"));
-        let dev_root = dev_root.unwrap_or_else(|| PathBuf::from("/dev"));
-        let opts = ScanOptions {
-            proc_root: proc_root.clone(),
-            threads,
-            hash,
+        let opts = HostOptions {
+            scan: ScanOptions {
+                proc_root: proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+                threads,
+                hash,
+            },
+            dev_root: dev_root.unwrap_or_else(|| PathBuf::from("/dev")),
+            phys,
+            iomem,
+            cached_files,
         };
-        let iomem_path = iomem.unwrap_or_else(|| proc_root.join("iomem"));
-        let iomem_text = std::fs::read_to_string(&iomem_path).map_err(|e| {
-            errors::DedupxIOError::new_err(format!("cannot read {}: {e}", iomem_path.display()))
-        })?;
-        let ram_bytes = iomem::system_ram(&iomem_text);
-        if ram_bytes.iter().all(|&(_, b)| b == 0) {
-            return Err(errors::PermissionDenied::new_err(format!(
-                "{} shows no addresses: run dedupx as root",
-                iomem_path.display()
-            )));
-        }
         let bridge = ProgressBridge::new(progress);
         let result = py.detach(|| {
-            let kpage = KpageFiles::open(&proc_root)?;
-            let scan = scan_host(&opts, &|s, d, t| bridge.report(s, d, t))?;
-            Ok((kpage, scan))
+            dedupx_core::host_snapshot::HostSnapshot::capture(&opts, &|s, d, t| {
+                bridge.report(s, d, t)
+            })
         });
-        let (kpage, mut scan) = bridge.finish(result, errors::to_py)?;
-        let file_cache = py.detach(|| scan.add_cached_files(&cached_files));
-        let (phys, phys_notes) = match phys {
-            Some(path) => match PhysImage::open_kcore(&path, &ram_bytes) {
-                Ok(img) => (Some(img), Vec::new()),
-                Err(e) => return Err(errors::image_to_py(e)),
-            },
-            None => open_live(&proc_root, &dev_root, &ram_bytes),
-        };
-        let hashes = std::mem::take(&mut scan.contents.hashes).into_flattened();
-        let store = HashStore::new(hashes);
-        let ram = ram_bytes
-            .iter()
-            .map(|&(a, b)| (a.div_ceil(4096), b / 4096))
-            .filter(|(a, b)| b > a)
-            .collect();
+        let mut snap = bridge.finish(result, errors::to_py)?;
+        let hashes = std::mem::take(&mut snap.scan.contents.hashes).into_flattened();
         Ok(Self {
-            scan,
-            kpage,
-            store,
-            phys,
-            ram,
-            phys_notes,
-            file_cache,
+            snap,
+            store: HashStore::new(hashes),
         })
     }
 
     /// Counters of pass 1 and the physical memory source (or why there is none).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.scan.stats;
+        let s = &self.snap.scan.stats;
         let d = PyDict::new(py);
         d.set_item("processes", s.processes)?;
         d.set_item("exited", s.exited)?;
@@ -124,17 +94,18 @@ impl HostSnapshot {
         d.set_item("unreadable_pfns", s.unreadable_pfns)?;
         d.set_item("vanished_pfns", s.vanished_pfns)?;
         d.set_item("threads", s.threads)?;
-        d.set_item("stage_ms", s.stage_ms.to_vec())?;
+        d.set_item("stage_ms", stage_ms(py, &s.stage_ms)?)?;
         d.set_item(
             "physical_source",
-            self.phys
+            self.snap
+                .phys
                 .as_ref()
                 .map(|p| (p.format.as_str(), p.path().display().to_string())),
         )?;
-        d.set_item("physical_source_notes", self.phys_notes.clone())?;
-        d.set_item("ram_ranges", self.ram.clone())?;
+        d.set_item("physical_source_notes", self.snap.phys_notes.clone())?;
+        d.set_item("ram_ranges", self.snap.ram.clone())?;
         let files = pyo3::types::PyList::empty(py);
-        for (path, r) in &self.file_cache {
+        for (path, r) in &self.snap.cached_files {
             let f = PyDict::new(py);
             f.set_item("path", path.display().to_string())?;
             match r {
@@ -147,13 +118,17 @@ impl HostSnapshot {
             files.append(f)?;
         }
         d.set_item("cached_files", files)?;
-        d.set_item("file_cache_frames", self.scan.file_cache.len())?;
+        d.set_item("file_cache_frames", self.snap.scan.file_cache.len())?;
         Ok(d)
     }
 
     fn processes(&self) -> PyResult<PyTable> {
-        let ps = &self.scan.processes;
-        let col = |f: &dyn Fn(&dedupx_core::host_scan::HostProcess) -> String| -> ArrayRef {
+        let ps = &self.snap.scan.processes;
+        let mut cmdline = ListBuilder::new(StringBuilder::new());
+        for p in ps {
+            cmdline.append_value(p.info.cmdline.iter().map(Some));
+        }
+        let col = |f: &dyn Fn(&HostProcess) -> String| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(ps.iter().map(f)))
         };
         let columns: Vec<(&str, ArrayRef)> = vec![
@@ -168,7 +143,7 @@ impl HostSnapshot {
                 )),
             ),
             ("comm", col(&|p| p.info.comm.clone())),
-            ("cmdline", col(&|p| p.info.cmdline.join(" "))),
+            ("cmdline", Arc::new(cmdline.finish())),
             (
                 "argv0",
                 col(&|p| p.info.cmdline.first().cloned().unwrap_or_default()),
@@ -190,18 +165,15 @@ impl HostSnapshot {
 
     fn vmas(&self) -> PyResult<PyTable> {
         let mut batches = Vec::new();
-        for p in &self.scan.processes {
-            batches
-                .push(batch(vmas_columns(p.info.pid, &p.vmas)).map_err(crate::frames::arrow_err)?);
+        for p in &self.snap.scan.processes {
+            batches.push(batch(vmas_columns(p.info.pid, &p.vmas)).map_err(arrow_err)?);
         }
-        let schema = batch(vmas_columns(0, &[]))
-            .map_err(crate::frames::arrow_err)?
-            .schema();
-        PyTable::try_new(batches, schema)
+        let schema = batch(vmas_columns(0, &[])).map_err(arrow_err)?.schema();
+        tables(batches, schema)
     }
 
     fn process_count(&self) -> usize {
-        self.scan.processes.len()
+        self.snap.scan.processes.len()
     }
 
     /// Address windows of the i-th process of at most `max_pages` virtual pages each.
@@ -216,19 +188,11 @@ impl HostSnapshot {
     fn pages(&self, py: Python<'_>, index: usize, start: u64, end: u64) -> PyResult<PyTable> {
         let p = self.process(index)?;
         let pid = p.info.pid;
-        let result = py.detach(|| self.scan.process_pages(&self.kpage, p, start, end));
-        let pages = match result {
-            Ok(t) => t,
-            // Exited since pass 1: it simply has no pages now.
-            Err(
-                dedupx_core::ScanError::ProcessGone { .. }
-                | dedupx_core::ScanError::NoSuchProcess { .. },
-            ) => Default::default(),
-            Err(e) => return Err(errors::to_py(e)),
-        };
+        let pages = py
+            .detach(|| self.snap.scan.process_pages(p, start, end))
+            .map_err(errors::to_py)?;
         let n = pages.len();
-        let b = crate::frames::pages_batch_with(pages, &self.store)
-            .map_err(crate::frames::arrow_err)?;
+        let b = pages_batch_with(pages, &self.store).map_err(arrow_err)?;
         let mut columns: Vec<(&str, ArrayRef)> =
             vec![("pid", Arc::new(UInt32Array::from(vec![pid; n])))];
         let schema = b.schema();
@@ -240,21 +204,18 @@ impl HostSnapshot {
 
     /// System RAM as (first PFN, end PFN) ranges.
     fn ram_ranges(&self) -> Vec<(u64, u64)> {
-        self.ram.clone()
+        self.snap.ram.clone()
     }
 
     /// `frames` rows for PFNs [start, end) of System RAM.
     fn frames(&self, py: Python<'_>, start: u64, end: u64) -> PyResult<PyTable> {
         let chunk = py
-            .detach(|| {
-                self.scan
-                    .frames_chunk(&self.kpage, start, end, self.phys.as_ref())
-            })
+            .detach(|| self.snap.frames(start, end))
             .map_err(errors::to_py)?;
         let (hash, _) = self
             .store
             .column(&chunk.hash_slot, Some(chunk.local_hashes))
-            .map_err(crate::frames::arrow_err)?;
+            .map_err(arrow_err)?;
         let columns: Vec<(&str, ArrayRef)> = vec![
             ("pfn", u64s(chunk.pfn, None)),
             ("hash", hash),

@@ -63,14 +63,10 @@ fn image_frames<'py>(
         })?),
     };
     let bridge = ProgressBridge::new(progress);
-    let result = py.detach(|| {
+    let result = py.detach(|| -> Result<_, ImageError> {
         let image = PhysImage::open(&path, format)?;
         let table = in_pool(threads, || {
             image.hash_frames(&|d, t| bridge.report("hash", d, t))
-        })
-        .map_err(|source| ImageError::Io {
-            path: path.clone(),
-            source,
         })??;
         Ok((image, table))
     });

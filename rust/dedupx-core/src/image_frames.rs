@@ -1,0 +1,146 @@
+//! Every page of a physical memory image read and hashed: one `frames` row per page.
+
+use rayon::prelude::*;
+
+use crate::bitmap::BitVec;
+use crate::page_hash::{zero_page_hash, PageHash};
+use crate::phys_image::{ImageError, PhysImage, PhysPages, ReadFailure, PAGE};
+use crate::read_and_hash::read_and_hash;
+use crate::read_plan::{consecutive, ReadPlan};
+
+/// Pages planned at once: the plan costs 16 bytes per page, so an image is planned a
+/// piece at a time (1 GiB: 4 MiB of plan, a thousand windows to spread over the threads)
+/// rather than all at once.
+const PLAN_PAGES: usize = 1 << 18;
+
+/// One row per physical page of an image: pfn, hash (16 bytes each), zero.
+#[derive(Debug, Default)]
+pub struct FrameTable {
+    pub pfn: Vec<u64>,
+    pub hashes: Vec<u8>,
+    pub zero: BitVec,
+}
+
+impl FrameTable {
+    pub fn len(&self) -> usize {
+        self.pfn.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pfn.is_empty()
+    }
+
+    pub fn hash(&self, row: usize) -> PageHash {
+        let mut h = [0u8; 16];
+        h.copy_from_slice(&self.hashes[row * 16..][..16]);
+        h
+    }
+}
+
+impl PhysImage {
+    /// Reads and hashes every page, in parallel; `progress(done, total)` may stop it.
+    pub fn hash_frames(
+        &self,
+        progress: &(dyn Fn(u64, u64) -> bool + Sync),
+    ) -> Result<FrameTable, ImageError> {
+        let total = self.pages() as usize;
+        let mut pfn = Vec::with_capacity(total);
+        let mut hashes = vec![[0u8; 16]; total];
+        let mut hashed = vec![false; total];
+        let source = PhysPages {
+            image: self,
+            on_error: ReadFailure::Fails,
+        };
+        let mut row = 0usize;
+        for s in &self.segments {
+            let n = (s.len / PAGE) as usize;
+            pfn.extend((0..n as u64).map(|i| s.paddr / PAGE + i));
+            for first in (0..n).step_by(PLAN_PAGES) {
+                let m = PLAN_PAGES.min(n - first);
+                let plan = ReadPlan::new(consecutive(s.paddr + first as u64 * PAGE, m), m)?;
+                let before = (row + first) as u64;
+                read_and_hash(
+                    &source,
+                    &plan,
+                    &mut hashes[row + first..][..m],
+                    &mut hashed[row + first..][..m],
+                    &|done| {
+                        if progress(before + done, total as u64) {
+                            Ok(())
+                        } else {
+                            Err(ImageError::Interrupted)
+                        }
+                    },
+                )?;
+            }
+            row += n;
+        }
+        // Every page lies in a segment, and a failed read fails the whole: all are hashed.
+        drop(hashed);
+        let zero_hash = zero_page_hash();
+        let zero = hashes
+            .par_iter()
+            .map(|h| *h == zero_hash)
+            .collect::<Vec<bool>>();
+        Ok(FrameTable {
+            pfn,
+            hashes: hashes.into_flattened(),
+            zero: zero.into_iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::elf_core::{build_core_header, LoadSegment};
+    use crate::page_hash::hash_page;
+    use crate::phys_image::test_files::{page, write_temp};
+    use crate::phys_image::ImageFormat;
+
+    fn frames(path: &Path, format: Option<ImageFormat>) -> Result<FrameTable, ImageError> {
+        PhysImage::open(path, format)?.hash_frames(&|_, _| true)
+    }
+
+    #[test]
+    fn elf_with_memsz_beyond_filesz_reads_zeros() {
+        let seg = LoadSegment {
+            vaddr: 0,
+            paddr: 0x10_0000,
+            offset: 4096,
+            filesz: PAGE,
+            memsz: 3 * PAGE,
+        };
+        let mut bytes = build_core_header(&[seg]);
+        bytes.resize(4096, 0);
+        bytes.extend(page(7));
+        let path = write_temp("elf-memsz", &bytes);
+        let t = frames(&path, None).expect("hashes");
+        assert_eq!(t.pfn, vec![0x100, 0x101, 0x102]);
+        assert_eq!(t.hash(0), hash_page(&page(7)));
+        assert_eq!(t.hash(2), zero_page_hash());
+        assert!(!t.zero.get(0) && t.zero.get(1) && t.zero.get(2));
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn sparse_raw_holes_are_zero_pages() {
+        let path = std::env::temp_dir().join(format!("dedupx-{}-sparse", std::process::id()));
+        let f = File::create(&path).expect("create");
+        f.set_len(1024 * PAGE).expect("sparse size");
+        f.write_all_at(&page(5), 700 * PAGE).expect("write");
+        drop(f);
+        let img = PhysImage::open(&path, None).expect("opens");
+        assert_eq!(img.format, ImageFormat::Raw);
+        assert!(img.is_hole(0, PAGE));
+        let t = img.hash_frames(&|_, _| true).expect("hashes");
+        assert_eq!(t.len(), 1024);
+        assert_eq!(t.zero.count_ones(), 1023);
+        assert_eq!(t.hash(700), hash_page(&page(5)));
+        std::fs::remove_file(path).ok();
+    }
+}
