@@ -72,10 +72,7 @@ def snapshot(
     stats = hs.stats()
     src = stats["physical_source"]
     source = f"{src[0]}:{src[1]}" if src else "process_vm_readv (mapped pages only)"
-    processes = pl.DataFrame(hs.processes())
-    if processes.schema["cmdline"] == pl.String:  # TEMP until the binding sends a list
-        processes = processes.with_columns(pl.col("cmdline").str.split(" "))
-    processes = classify_processes(processes)
+    processes = classify_processes(pl.DataFrame(hs.processes()))
     vmas = pl.DataFrame(hs.vmas())
     coverage = HostCoverage()
 
