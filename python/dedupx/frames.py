@@ -53,10 +53,9 @@ class Frames:
     processes: pl.LazyFrame | None = None
     gpa_map: pl.LazyFrame | None = None
 
-    @property
     def has_flags(self) -> bool:
         """Whether frames carry kpageflags (a memory image's do not: anon and file cannot
-        be told apart there)."""
+        be told apart there). A method: on a snapshot it reads the Parquet schema."""
         return "kpageflags" in self.frames.collect_schema().names()
 
     def with_gpa_map(self, gpa_map: FrameLike | None) -> Frames:

@@ -68,7 +68,7 @@ def duplicates(data: Frames | HasFrames) -> pl.DataFrame:
         (pl.col("frames") > 1).sum().alias("groups"),
     )
     out = row.collect().with_columns(pl.all().fill_null(0).cast(pl.Int64))
-    if not f.has_flags:  # no flags: anon and file cannot be told apart
+    if not f.has_flags():  # no flags: anon and file cannot be told apart
         unknown = ("anon_anon", "file_file", "anon_file", "ksm_reachable")
         out = out.with_columns(pl.lit(None, dtype=pl.Int64).alias(c) for c in unknown)
     return out

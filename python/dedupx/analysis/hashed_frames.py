@@ -20,7 +20,7 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
     and ``kinds`` of the VMAs that map it (``[unmapped]`` where none does, ``[image]`` in
     an image)."""
     frames = f.frames.filter(pl.col("hash").is_not_null())
-    if not f.has_flags:
+    if not f.has_flags():
         return frames.select(
             "pfn",
             "hash",
