@@ -15,7 +15,7 @@ PAGE_SIZE: int
 
 @type_check_only
 class _ArrowStream(Protocol):
-    """A table handed over through the Arrow PyCapsule stream (pyarrow.table(t), pl.DataFrame(t))."""
+    """A table handed over through the Arrow PyCapsule stream (pl.DataFrame(t))."""
 
     def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
 

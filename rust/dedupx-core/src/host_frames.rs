@@ -59,17 +59,8 @@ impl HostScan {
         for (i, &pfn) in pfns.iter().enumerate() {
             let mapped = self.pfns.get(next) == Some(&pfn);
             let (f, cnt, slot) = if mapped {
-                let s = next;
                 next += 1;
-                (
-                    self.flags[s],
-                    self.counts[s],
-                    if self.contents.hashed[s] {
-                        s as u32
-                    } else {
-                        NO_HASH
-                    },
-                )
+                self.mapped_row(next - 1)
             } else if kpageflags::has(flags[i], KPF_ZERO_PAGE) {
                 (flags[i], counts[i], NO_HASH)
             } else if let Ok(k) = self.file_cache.binary_search_by_key(&pfn, |e| e.0) {

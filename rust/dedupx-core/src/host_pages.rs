@@ -96,15 +96,7 @@ impl HostScan {
             t.exclusive.push(e.exclusive());
             t.pfn.push(e.pfn().unwrap_or(0));
             let (f, c, slot) = match (e.pfn(), slots[row]) {
-                (_, Some(s)) => (
-                    self.flags[s],
-                    self.counts[s],
-                    if self.contents.hashed[s] {
-                        s as u32
-                    } else {
-                        NO_HASH
-                    },
-                ),
+                (_, Some(s)) => self.mapped_row(s),
                 (Some(pfn), None) => {
                     let i = fresh.binary_search(&pfn).unwrap_or(0);
                     (

@@ -16,7 +16,7 @@ use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
 use crate::page_hash::{zero_page_hash, PageHash};
-use crate::page_table::Contents;
+use crate::page_table::{Contents, NO_HASH};
 use crate::pagemap::{check_pfns_visible, Pagemap};
 use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
@@ -75,6 +75,19 @@ pub struct HostScan {
     /// [`crate::host_snapshot::add_cached_files`]), sorted by PFN.
     pub file_cache: Vec<(u64, PageHash)>,
     pub stats: HostStats,
+}
+
+impl HostScan {
+    /// Pass 1's flags, map count and hash slot (`NO_HASH` where its bytes were not read)
+    /// of the `s`-th mapped PFN: what every row that names that PFN carries.
+    pub(crate) fn mapped_row(&self, s: usize) -> (u64, u64, u32) {
+        let slot = if self.contents.hashed[s] {
+            s as u32
+        } else {
+            NO_HASH
+        };
+        (self.flags[s], self.counts[s], slot)
+    }
 }
 
 /// A PFN some process maps, and the page through which to read it.
