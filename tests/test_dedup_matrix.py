@@ -14,7 +14,7 @@ from guest_kit import Guest, ensure_packages, guest_assets
 
 
 def by_hand(snap: dedupx.Frames, v: int) -> dict[str, dict[str, int]]:
-    """DESIGN.md's matrix, one frame at a time."""
+    """docs/metrics.md's matrix, one frame at a time."""
     assert snap.pages is not None and snap.processes is not None and snap.vmas is not None
     kind = dict(snap.processes.select("pid", "kind").collect().iter_rows())
     mergeable = {

@@ -1,4 +1,4 @@
-"""A process whose page contents we wrote must give exactly the counts DESIGN.md defines."""
+"""A process whose page contents we wrote must give exactly the counts docs/metrics.md defines."""
 
 from __future__ import annotations
 
