@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 import dedupx
-from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
+from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
 from guest_kit import Guest, ensure_packages, guest_assets
 
 

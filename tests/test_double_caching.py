@@ -14,7 +14,7 @@ import blake3
 import polars as pl
 
 import dedupx
-from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED
+from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED
 from guest_kit import VARIANT_PAYLOAD_MIB, Guest, ensure_packages, guest_assets
 
 PAGE = 4096

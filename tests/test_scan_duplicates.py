@@ -8,7 +8,7 @@ import blake3
 import polars as pl
 
 import dedupx
-from dedupx.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
+from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
 from helpers import PAGE, LayoutProcess
 
 

@@ -2,8 +2,8 @@
 
 The package reads as the pipeline does: ``sources`` (a live process, the whole host, a
 memory image, a guest's own view) → ``store`` (snapshot directories) → ``analysis`` (each
-takes a capture's ``Frames``) → ``report`` (dicts, terminal tables) → ``cli``. Metric
-definitions: docs/metrics.md.
+takes a capture's ``Frames``) → ``report`` (dicts, terminal tables) → ``cli``, all on one
+``model`` (Frames, page classes, coverage, units). Metric definitions: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dedupx.exceptions import (
     SnapshotVersionError,
     UsageError,
 )
-from dedupx.frames import Frames, Provenance, as_frames
+from dedupx.model.frames import Frames, Provenance, as_frames
 from dedupx.report.snapshot import snapshot_report
 from dedupx.sources.capture import load
 from dedupx.sources.guest_view import GuestView, read_guest_agent, read_guest_qga

@@ -1,1 +1,1 @@
-"""Analyses: each takes a capture's Frames (dedupx.frames) and returns numbers, never text."""
+"""Analyses: each takes a capture's Frames (dedupx.model.frames) and returns numbers, never text."""

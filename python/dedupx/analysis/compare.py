@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
-from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.model.frames import Frames, HasFrames, as_frames
 
 
 def content_frames(data: Frames | HasFrames) -> pl.LazyFrame:

@@ -16,9 +16,9 @@ import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import NotAGuest
-from dedupx.frames import Frames, HasFrames, as_frames
-from dedupx.page_classes import is_thp
-from dedupx.units import MIB, PAGE_SIZE
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import is_thp
+from dedupx.model.units import MIB, PAGE_SIZE
 
 COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
-from dedupx.frames import Frames, HasFrames, as_frames
-from dedupx.page_classes import is_thp
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import is_thp
 
 SAVING_COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 

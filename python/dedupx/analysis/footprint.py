@@ -2,7 +2,7 @@
 
 Counted per mapped page (a PFN mapped twice counts twice, as the kernel's smaps does) and
 without the kernel's shared zero page, which smaps does not count either. The split
-follows smaps: ``anon`` is private anonymous memory (dedupx.page_classes.is_private_anon),
+follows smaps: ``anon`` is private anonymous memory (dedupx.model.page_classes.is_private_anon),
 ``shmem`` swap-backed shared memory, ``file`` the rest.
 """
 
@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from dedupx.frames import Frames, HasFrames, as_frames
-from dedupx.page_classes import is_ksm, is_mapped_file, is_private_anon, is_shmem, is_zero_page
-from dedupx.units import PAGE_SIZE
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import (
+    is_ksm,
+    is_mapped_file,
+    is_private_anon,
+    is_shmem,
+    is_zero_page,
+)
+from dedupx.model.units import PAGE_SIZE
 
 
 def footprint(data: Frames | HasFrames) -> pl.DataFrame:

@@ -6,10 +6,10 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.kpageflags import KPF_ACTIVE, KPF_LRU, KPF_SWAPBACKED, flag
-from dedupx.page_classes import is_cold
+from dedupx.model.kpageflags import KPF_ACTIVE, KPF_LRU, KPF_SWAPBACKED, flag
+from dedupx.model.page_classes import is_cold
+from dedupx.model.units import pages_to_mib
 from dedupx.sources.guest_view import GuestView
-from dedupx.units import pages_to_mib
 
 
 def guest_classes(view: GuestView) -> dict[str, int]:

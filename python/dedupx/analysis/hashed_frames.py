@@ -10,8 +10,8 @@ from __future__ import annotations
 import polars as pl
 
 from dedupx.exceptions import MissingFrames
-from dedupx.frames import Frames
-from dedupx.page_classes import is_anon, is_ksm_eligible, is_zero_page
+from dedupx.model.frames import Frames
+from dedupx.model.page_classes import is_anon, is_ksm_eligible, is_zero_page
 
 
 def hashed_frames(f: Frames) -> pl.LazyFrame:

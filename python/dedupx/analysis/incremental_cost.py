@@ -14,10 +14,10 @@ import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import NotAGuest
-from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
-from dedupx.units import PAGE_SIZE, pages_to_mib
 
 
 def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:

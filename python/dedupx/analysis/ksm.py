@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
-from dedupx.frames import Frames, HasFrames, as_frames
-from dedupx.page_classes import is_thp
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import is_thp
 
 KSM_SYSFS = Path("/sys/kernel/mm/ksm")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from dedupx.frames import Frames, HasFrames, as_frames
-from dedupx.page_classes import (
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import (
     is_ksm,
     is_mapped_file,
     is_private_anon,

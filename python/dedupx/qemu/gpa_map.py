@@ -15,9 +15,9 @@ from pathlib import Path
 import polars as pl
 
 from dedupx.exceptions import NotAGuest, QmpError
+from dedupx.model.units import PAGE_SIZE as PAGE
 from dedupx.qemu.cmdline import QemuConfig
 from dedupx.qemu.qmp import Qmp
-from dedupx.units import PAGE_SIZE as PAGE
 
 MTREE_LINE = re.compile(
     r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (\w+(?:/\w+)?)\): (\S+)(?: @([0-9a-f]+))?"

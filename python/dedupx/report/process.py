@@ -12,10 +12,10 @@ from dedupx.analysis.footprint import footprint
 from dedupx.analysis.guest_backing import guest_backing
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.page_counts import page_counts
+from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.sources.guest_view import GuestView
 from dedupx.sources.process import ProcessScan
-from dedupx.units import PAGE_SIZE, pages_to_mib
 
 
 def guest_summary(

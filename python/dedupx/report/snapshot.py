@@ -12,9 +12,9 @@ from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.incremental_cost import incremental_cost
 from dedupx.exceptions import DedupxError
-from dedupx.frames import Frames, HasFrames, as_frames
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.units import pages_to_mib
 from dedupx.sources.guest_view import GuestView
-from dedupx.units import pages_to_mib
 
 
 def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dedupx.units import MIB, PAGE_SIZE, pages_to_mib
+from dedupx.model.units import MIB, PAGE_SIZE, pages_to_mib
 
 
 def _mib(n_bytes: float) -> str:
@@ -141,7 +141,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
 
 
 def coverage_line(c: dict[str, Any]) -> str:
-    """The one-line coverage statement every report ends with (see dedupx.coverage)."""
+    """The one-line coverage statement every report ends with (see dedupx.model.coverage)."""
     missing = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in c["not_covered"].items() if v)
     return (
         f"Coverage: {c['pages_hashed']:,} of {c['pages_in_scope']:,} {c['scope']} hashed "

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from dedupx.exceptions import DedupxIOError
-from dedupx.frames import Frames
+from dedupx.model.frames import Frames
 from dedupx.sources.image import read_image
 from dedupx.store.snapshot import open_snapshot
 

@@ -2,7 +2,7 @@
 
 Each guest page frame (gfn) carries its guest-side kpageflags and map count, a hash where
 the guest could read the page (dedupx-agent only), and its ``class`` by the guest's flags
-(``anon``, ``file``, ``free``, ``kernel``: see dedupx.page_classes.guest_class).
+(``anon``, ``file``, ``free``, ``kernel``: see dedupx.model.page_classes.guest_class).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import polars as pl
 
 from dedupx import _dedupx
 from dedupx.exceptions import CorruptAgentFile, QmpError
-from dedupx.page_classes import guest_class
+from dedupx.model.page_classes import guest_class
 from dedupx.qemu.qga import Qga
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.coverage import HostCoverage
-from dedupx.process_kinds import classify_processes
+from dedupx.model.coverage import HostCoverage
+from dedupx.model.process_kinds import classify_processes
 from dedupx.qemu.guests import find_guests
 from dedupx.sources.process import ProgressCallback
 from dedupx.store.parquet import write_frames

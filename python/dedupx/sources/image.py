@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.coverage import image_coverage
-from dedupx.frames import Frames, Provenance
+from dedupx.model.coverage import image_coverage
+from dedupx.model.frames import Frames, Provenance
 from dedupx.sources.process import ProgressCallback
 from dedupx.store.parquet import write_frames
 from dedupx.store.snapshot import base_manifest

@@ -11,7 +11,6 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.coverage import process_coverage
 from dedupx.exceptions import (
     KernelUnsupported,
     NotAGuest,
@@ -20,8 +19,9 @@ from dedupx.exceptions import (
     ProcessGone,
     ProcessNotFound,
 )
-from dedupx.frames import Frames, Provenance
-from dedupx.process_kinds import classify_processes
+from dedupx.model.coverage import process_coverage
+from dedupx.model.frames import Frames, Provenance
+from dedupx.model.process_kinds import classify_processes
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, gpa_map_from_ept
 from dedupx.qemu.guests import guest_layout

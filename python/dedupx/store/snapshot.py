@@ -2,7 +2,7 @@
 
 A snapshot is written into a hidden temporary sibling and renamed into place when complete
 (see dedupx.store.parquet), so a directory that opens is a whole one. Format 2 states
-coverage in the one schema of dedupx.coverage; format 1 snapshots are read and upgraded.
+coverage in the one schema of dedupx.model.coverage; format 1 snapshots are read and upgraded.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import polars as pl
 
 from dedupx._dedupx import __version__
-from dedupx.coverage import upgrade_v1
 from dedupx.exceptions import CorruptSnapshot, SnapshotVersionError
-from dedupx.frames import Frames, Provenance
-from dedupx.units import PAGE_SIZE
+from dedupx.model.coverage import upgrade_v1
+from dedupx.model.frames import Frames, Provenance
+from dedupx.model.units import PAGE_SIZE
 
 FORMAT_VERSION = 2
 

@@ -25,7 +25,7 @@ FrameLike = pl.DataFrame | pl.LazyFrame
 @dataclass(frozen=True)
 class Provenance:
     """Where frames came from: ``kind`` (``process-scan``, ``host``, ``image``), the
-    ``source`` that read page contents, the ``coverage`` (see dedupx.coverage), the
+    ``source`` that read page contents, the ``coverage`` (see dedupx.model.coverage), the
     snapshot directory or image ``path`` if any, and the snapshot's ``manifest``."""
 
     kind: str

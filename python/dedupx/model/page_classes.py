@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dedupx.kpageflags import (
+from dedupx.model.kpageflags import (
     KPF_ACTIVE,
     KPF_ANON,
     KPF_BUDDY,

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
+from dedupx.model.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
 
 SCOPE_PROCESS = "distinct present frames"
 SCOPE_HOST = "pages of RAM"

@@ -1,6 +1,6 @@
 """Bit numbers of /proc/kpageflags (include/uapi/linux/kernel-page-flags.h) as polars tests.
 
-The page classes built from them are defined once, in dedupx.page_classes.
+The page classes built from them are defined once, in dedupx.model.page_classes.
 """
 
 from __future__ import annotations
