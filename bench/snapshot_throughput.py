@@ -29,8 +29,10 @@ t0 = time.perf_counter()
 dedupx.snapshot(out)
 secs = time.perf_counter() - t0
 m = json.load(open(os.path.join(out, "manifest.json")))
+c = m["coverage"]
 print(json.dumps({"seconds": secs, "peak": status("VmHWM") - before,
-                  "hashed": m["coverage"]["pages_hashed"], "ram": m["coverage"]["pages_of_ram"],
+                  "hashed": c["pages_hashed"],
+                  "ram": c.get("pages_in_scope", c.get("pages_of_ram")),
                   "mapped_pages": m["rows"]["pages"]}))
 """
 
