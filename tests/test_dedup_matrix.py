@@ -103,6 +103,8 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
                 assert got[row]["total"] == sum(
                     want[row][c] for c in ("anon_anon", "file_file", "anon_file")
                 )
+            for col in ("anon_anon", "file_file", "anon_file", "zero"):
+                assert got["total"][col] == sum(want[r][col] for r in ("within", "host", "vm"))
         check_incremental_cost(snap, g2.pid, g2.ram_vma())
         twin = as_dict(dedupx.dedup_matrix(snap, g2.pid))
         other = as_dict(dedupx.dedup_matrix(snap, g3.pid))

@@ -106,7 +106,7 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         (vm,) = [v for v in json.loads(res.stdout)["vms"] if v["pid"] == g.pid]
         assert vm["incremental_cost"]["guest_ram_by_class"] == by_class
         assert vm["bloat"] == {**bloat, "bloat_mib": vm["bloat"]["bloat_mib"]}
-        assert [r["row"] for r in vm["dedup_matrix"]] == ["within", "host", "vm"]
+        assert [r["row"] for r in vm["dedup_matrix"]] == ["within", "host", "vm", "total"]
         res = run_cli("scan", "--pid", str(g.pid), "--guest", str(out))
         assert res.returncode == 0 and "cold inactive-LRU pages" in res.stdout
 

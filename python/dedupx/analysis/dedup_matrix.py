@@ -60,8 +60,8 @@ def scoped_frames(f: Frames, pid: int) -> pl.LazyFrame:
 def dedup_matrix(
     data: Frames | HasFrames, pid: int, order: tuple[str, str] = ("host", "vm")
 ) -> pl.DataFrame:
-    """Rows ``within``, ``host``, ``vm`` (column ``row``); columns ``anon_anon``,
-    ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
+    """Rows ``within``, ``host``, ``vm`` and their ``total`` (column ``row``); columns
+    ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
     (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
     copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
     ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
@@ -145,6 +145,8 @@ def dedup_matrix(
             .row(0, named=True)
         )
         rows.append(_row(scope, r))
+    # Each page of V counts in one row at most, so the rows add up.
+    rows.append({"row": "total", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "row"}})
     return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE_SIZE / MIB).alias("mib"))
 
 
