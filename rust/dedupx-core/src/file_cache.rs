@@ -143,6 +143,7 @@ impl PageSource for MappedFile<'_> {
         &self,
         _stream: &(),
         addrs: &[u64],
+        _slots: &[u32],
         buf: &mut [u8],
         ok: &mut Vec<bool>,
     ) -> Result<()> {

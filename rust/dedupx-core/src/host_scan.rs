@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
-use crate::kpageflags::{self, KpageFiles, KPF_ZERO_PAGE};
+use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::page_table::{Contents, NO_HASH};
@@ -96,6 +96,9 @@ struct Candidate {
     pfn: u64,
     /// False sorts first, so a readable mapping is chosen as the reader when there is one.
     unreadable: bool,
+    /// Pagemap says the page is not exclusive to this mapping (see
+    /// `kpageflags::pin_would_unshare`).
+    shared: bool,
     pid: u32,
     vaddr: u64,
 }
@@ -171,7 +174,9 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
 
     let mut contents = Contents::unread(pfns.len());
     let mut tasks = Vec::with_capacity(pfns.len());
+    let mut unpinned = BitVec::with_capacity(pfns.len());
     for (slot, c) in cands.iter().enumerate() {
+        unpinned.push(pin_would_unshare(flags[slot], c.shared));
         if kpageflags::has(flags[slot], KPF_ZERO_PAGE) {
             contents.hashes[slot] = zero_page_hash();
             contents.hashed[slot] = true;
@@ -189,7 +194,7 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
     let total = plan.len() as u64;
     check(progress, "hash", 0, total)?;
     let read = read_and_hash(
-        &ProcessPages::any(root, &pfns),
+        &ProcessPages::any(root, &pfns, &unpinned),
         &plan,
         &mut contents.hashes,
         &mut contents.hashed,
@@ -267,6 +272,7 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
                     cands.push(Candidate {
                         pfn,
                         unreadable,
+                        shared: !e.exclusive(),
                         pid,
                         vaddr,
                     });

@@ -8,9 +8,22 @@ use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
 
-// Bit number from include/uapi/linux/kernel-page-flags.h. The core tests only this one
-// (the zero page is never read); the analyses decode the other flags in Python.
+// Bit numbers from include/uapi/linux/kernel-page-flags.h. The core tests only these (the
+// zero page is never read; see `pin_would_unshare`); the analyses decode the rest in Python.
+pub const KPF_ANON: u32 = 12;
+pub const KPF_KSM: u32 = 21;
 pub const KPF_ZERO_PAGE: u32 = 24;
+
+/// Whether copying this page with `process_vm_readv` would change it. That call pins the
+/// pages it reads (FOLL_PIN), and since Linux 5.19 pinning an anonymous page that is not
+/// exclusive to one mapping (a KSM page, a page shared since fork) first gives the reader
+/// a private copy: the merge or the sharing is undone, and the target's PSS rises. Such
+/// pages are read through /proc/PID/mem, which does not pin. `exclusive` is pagemap's
+/// bit 56 for the mapping read through.
+#[inline]
+pub fn pin_would_unshare(flags: u64, exclusive: bool) -> bool {
+    has(flags, KPF_KSM) || (has(flags, KPF_ANON) && !exclusive)
+}
 
 #[inline]
 pub fn has(flags: u64, bit: u32) -> bool {

@@ -26,12 +26,13 @@ pub trait PageSource: Sync {
 
     fn open_stream(&self, stream: u32) -> Result<Self::Stream, Self::Error>;
 
-    /// Copies page `i` (at `addrs[i]`; sorted, page-aligned) into page `i` of `buf` and sets
-    /// `ok[i]` to whether it was read.
+    /// Copies page `i` (at `addrs[i]`; sorted, page-aligned; its hash goes to `slots[i]`)
+    /// into page `i` of `buf` and sets `ok[i]` to whether it was read.
     fn read_window(
         &self,
         stream: &Self::Stream,
         addrs: &[u64],
+        slots: &[u32],
         buf: &mut [u8],
         ok: &mut Vec<bool>,
     ) -> Result<(), Self::Error>;

@@ -192,6 +192,7 @@ impl PageSource for PhysPages<'_> {
         &self,
         _stream: &(),
         addrs: &[u64],
+        _slots: &[u32],
         buf: &mut [u8],
         ok: &mut Vec<bool>,
     ) -> Result<(), ImageError> {

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
 use crate::page_source::{PageSource, WindowShape};
 use crate::pagemap::{Pagemap, PagemapEntry};
@@ -48,10 +49,12 @@ impl ProcessFiles {
 }
 
 /// Processes' memory as a page source: stream = PID, address = virtual address. A task's
-/// slot is the index of the PFN the page must still map, in `pfns`.
+/// slot is the index of the PFN the page must still map, in `pfns`; slots set in `unpinned`
+/// are read through /proc/PID/mem (see `kpageflags::pin_would_unshare`).
 pub struct ProcessPages<'a> {
     proc_root: &'a Path,
     pfns: &'a [u64],
+    unpinned: &'a BitVec,
     /// Files opened once for a one-process scan; otherwise each PID's are opened as needed.
     files: Option<ProcessFiles>,
     tolerate_exit: bool,
@@ -59,20 +62,22 @@ pub struct ProcessPages<'a> {
 
 impl<'a> ProcessPages<'a> {
     /// One process whose files are already open; its exit fails the read.
-    pub fn one(files: ProcessFiles, pfns: &'a [u64]) -> Self {
+    pub fn one(files: ProcessFiles, pfns: &'a [u64], unpinned: &'a BitVec) -> Self {
         Self {
             proc_root: Path::new("/"),
             pfns,
+            unpinned,
             files: Some(files),
             tolerate_exit: false,
         }
     }
 
     /// Any process under `proc_root`; one that exits loses its remaining pages.
-    pub fn any(proc_root: &'a Path, pfns: &'a [u64]) -> Self {
+    pub fn any(proc_root: &'a Path, pfns: &'a [u64], unpinned: &'a BitVec) -> Self {
         Self {
             proc_root,
             pfns,
+            unpinned,
             files: None,
             tolerate_exit: true,
         }
@@ -98,10 +103,15 @@ impl PageSource for ProcessPages<'_> {
         &self,
         files: &ProcessFiles,
         addrs: &[u64],
+        slots: &[u32],
         buf: &mut [u8],
         ok: &mut Vec<bool>,
     ) -> Result<()> {
-        read_pages(files.pid, files.mem.as_deref(), addrs, buf, ok)
+        let unpinned: Vec<bool> = slots
+            .iter()
+            .map(|&s| self.unpinned.get(s as usize))
+            .collect();
+        read_pages(files.pid, files.mem.as_deref(), addrs, &unpinned, buf, ok)
     }
 
     /// The mapping may have changed between pagemap and copy: keep only pages whose PFN is
@@ -136,17 +146,48 @@ impl PageSource for ProcessPages<'_> {
 }
 
 /// Reads the pages at `vaddrs` (sorted, page-aligned) into `buf` (`vaddrs.len()` pages) and
-/// returns for each page whether it was read. Consecutive pages go in one iovec.
+/// returns for each page whether it was read. Pages marked `unpinned` are read through
+/// /proc/PID/mem (`mem`), which does not pin them; the others with `process_vm_readv`,
+/// consecutive pages in one iovec.
 pub fn read_pages(
     pid: u32,
     mem: Option<&File>,
     vaddrs: &[u64],
+    unpinned: &[bool],
     buf: &mut [u8],
     ok: &mut Vec<bool>,
 ) -> Result<()> {
     debug_assert_eq!(buf.len(), vaddrs.len() * PAGE_SIZE);
+    debug_assert_eq!(unpinned.len(), vaddrs.len());
     ok.clear();
     ok.resize(vaddrs.len(), false);
+    let mut i = 0;
+    while i < vaddrs.len() {
+        let run = unpinned[i..]
+            .iter()
+            .take_while(|&&u| u == unpinned[i])
+            .count();
+        let pages = &mut buf[i * PAGE_SIZE..(i + run) * PAGE_SIZE];
+        if unpinned[i] {
+            for (k, page) in pages.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                ok[i + k] = read_forced(mem, vaddrs[i + k], page);
+            }
+        } else {
+            read_pinned(pid, mem, &vaddrs[i..i + run], pages, &mut ok[i..i + run])?;
+        }
+        i += run;
+    }
+    Ok(())
+}
+
+/// `process_vm_readv`, falling back to /proc/PID/mem for a page it cannot copy.
+fn read_pinned(
+    pid: u32,
+    mem: Option<&File>,
+    vaddrs: &[u64],
+    buf: &mut [u8],
+    ok: &mut [bool],
+) -> Result<()> {
     let mut i = 0;
     while i < vaddrs.len() {
         match readv(pid, &vaddrs[i..], &mut buf[i * PAGE_SIZE..]) {
@@ -238,7 +279,7 @@ mod tests {
         let vaddrs = [4096, base];
         let mut buf = vec![0u8; PAGE_SIZE * 2];
         let mut ok = Vec::new();
-        read_pages(pid, None, &vaddrs, &mut buf, &mut ok).expect("read");
+        read_pages(pid, None, &vaddrs, &[false, false], &mut buf, &mut ok).expect("read");
         assert_eq!(ok, vec![false, true]);
         assert!(buf[PAGE_SIZE..].iter().all(|&b| b == 7));
     }

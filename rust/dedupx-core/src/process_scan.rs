@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
-use crate::kpageflags::{self, KpageFiles, KPF_ZERO_PAGE};
+use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
 use crate::page_hash::zero_page_hash;
 use crate::page_table::{assemble, Contents, PageTable};
@@ -117,7 +118,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     };
     let mut contents = Contents::unread(flags.len());
     if opts.hash {
-        let (tasks, unreadable) = plan_reads(
+        let (tasks, unreadable, unpinned) = plan_reads(
             pid,
             &vmas,
             &vma_id,
@@ -129,7 +130,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         );
         let zero_pages = contents.hashed.iter().filter(|&&h| h).count() as u64;
         let plan = ReadPlan::new(tasks, uniq.len())?;
-        let source = ProcessPages::one(ProcessFiles::open(root, pid)?, &uniq);
+        let source = ProcessPages::one(ProcessFiles::open(root, pid)?, &uniq, &unpinned);
         let total = plan.len() as u64;
         check(progress, "hash", 0, total)?;
         let read = read_and_hash(
@@ -215,7 +216,8 @@ fn distinct_pfns(entries: &[PagemapEntry]) -> (Vec<u64>, Vec<u32>) {
 
 /// The reads for one process's pages: each PFN through its first readable page. The
 /// kernel zero page is never read (it is known to hold zeros): its slot is filled here.
-/// Returns the tasks and how many PFNs could not be read through any mapping.
+/// Returns the tasks, how many PFNs could not be read through any mapping, and the slots
+/// to read without pinning (`kpageflags::pin_would_unshare`).
 #[allow(clippy::too_many_arguments)]
 fn plan_reads(
     pid: u32,
@@ -226,7 +228,7 @@ fn plan_reads(
     uidx: &[u32],
     flags: &[u64],
     contents: &mut Contents,
-) -> (Vec<ReadTask>, u64) {
+) -> (Vec<ReadTask>, u64, BitVec) {
     let n = flags.len();
     let mut reader = vec![u32::MAX; n];
     let mut zero_pages = 0u64;
@@ -257,7 +259,12 @@ fn plan_reads(
         .collect();
     tasks.sort_unstable_by_key(|t| t.addr);
     let unreadable = (n - tasks.len()) as u64 - zero_pages;
-    (tasks, unreadable)
+    let unpinned = reader
+        .iter()
+        .zip(flags)
+        .map(|(&r, &f)| r != u32::MAX && pin_would_unshare(f, entries[r as usize].exclusive()))
+        .collect();
+    (tasks, unreadable, unpinned)
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ impl<St> WindowBuffers<St> {
         self.slots.clear();
         self.slots.extend(window.iter().map(|t| t.slot));
         let data = &mut self.data[..window.len() * PAGE_SIZE];
-        source.read_window(&stream, &self.addrs, data, &mut self.ok)?;
+        source.read_window(&stream, &self.addrs, &self.slots, data, &mut self.ok)?;
         source.verify(&stream, &self.addrs, &self.slots, &mut self.ok)?;
         self.stream = Some((id, stream));
         self.kept.clear();
