@@ -8,6 +8,9 @@ import random
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +102,15 @@ def as_root() -> bool:
     return os.geteuid() == 0
 
 
-def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "dedupx", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -136,3 +142,56 @@ def assert_lru_within_meminfo(view: dedupx.GuestView) -> None:
         lo, hi = sorted((before[name] // 4, after[name] // 4))
         slack = max(LRU_TOLERANCE[0] * hi, LRU_TOLERANCE[1])
         assert lo - slack <= v["flags"] <= hi + slack, (name, v, lo, hi)
+
+
+# KSM and THP knobs: a test that changes one puts it back, whatever happens.
+KSM = Path("/sys/kernel/mm/ksm")
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def read(path: Path) -> str:
+    text = path.read_text().strip()
+    if "[" in text:  # "always [madvise] never": the bracketed one is in force
+        return text.split("[", 1)[1].split("]", 1)[0]
+    return text
+
+
+@contextmanager
+def sysfs(path: Path, value: str) -> Iterator[None]:
+    """Sets a sysfs knob and puts the previous value back, whatever happens."""
+    before = read(path)
+    path.write_text(value)
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+@contextmanager
+def ksm_running() -> Iterator[None]:
+    with ExitStack() as stack:
+        stack.enter_context(sysfs(KSM / "pages_to_scan", "5000"))
+        stack.enter_context(sysfs(KSM / "sleep_millisecs", "5"))
+        stack.enter_context(sysfs(KSM / "run", "1"))
+        try:
+            yield
+        finally:
+            (KSM / "run").write_text("2")  # unmerge everything before `run` is restored
+
+
+def merged_pages() -> int:
+    return int(read(KSM / "pages_sharing")) + int(read(KSM / "ksm_zero_pages"))
+
+
+def wait_converged(timeout: float = 180.0) -> int:
+    """Until pages_sharing stops changing across two more full scans."""
+    deadline = time.monotonic() + timeout
+    last, since_scans = -1, 0
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now, scans = merged_pages(), int(read(KSM / "full_scans"))
+        if now != last:
+            last, since_scans = now, scans
+        elif now > 0 and scans >= since_scans + 2:
+            return now
+    raise TimeoutError(f"KSM did not converge in {timeout} s (at {last} pages)")

@@ -3,67 +3,14 @@ must equal what dedupx predicts from a snapshot taken just before KSM was turned
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 import dedupx
 from guest_kit import Guest, ensure_packages, guest_assets
-from helpers import rollup
-
-KSM = Path("/sys/kernel/mm/ksm")
-THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def read(path: Path) -> str:
-    text = path.read_text().strip()
-    if "[" in text:  # "always [madvise] never": the bracketed one is in force
-        return text.split("[", 1)[1].split("]", 1)[0]
-    return text
-
-
-@contextmanager
-def sysfs(path: Path, value: str) -> Iterator[None]:
-    """Sets a sysfs knob and puts the previous value back, whatever happens."""
-    before = read(path)
-    path.write_text(value)
-    try:
-        yield
-    finally:
-        path.write_text(before)
-
-
-@contextmanager
-def ksm_running() -> Iterator[None]:
-    with ExitStack() as stack:
-        stack.enter_context(sysfs(KSM / "pages_to_scan", "5000"))
-        stack.enter_context(sysfs(KSM / "sleep_millisecs", "5"))
-        stack.enter_context(sysfs(KSM / "run", "1"))
-        try:
-            yield
-        finally:
-            (KSM / "run").write_text("2")  # unmerge everything before `run` is restored
-
-
-def merged_pages() -> int:
-    return int(read(KSM / "pages_sharing")) + int(read(KSM / "ksm_zero_pages"))
-
-
-def wait_converged(timeout: float = 180.0) -> int:
-    """Until pages_sharing stops changing across two more full scans."""
-    deadline = time.monotonic() + timeout
-    last, since_scans = -1, 0
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now, scans = merged_pages(), int(read(KSM / "full_scans"))
-        if now != last:
-            last, since_scans = now, scans
-        elif now > 0 and scans >= since_scans + 2:
-            return now
-    raise TimeoutError(f"KSM did not converge in {timeout} s (at {last} pages)")
+from helpers import KSM, THP, ksm_running, read, rollup, sysfs, wait_converged
 
 
 @pytest.mark.skipif(not KSM.exists(), reason="kernel without KSM")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
 from dedupx.analysis.dedup_matrix import dedup_matrix
+from dedupx.analysis.density import density, density_summary
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import inactive_bloat, lru_pages
@@ -74,6 +75,8 @@ __all__ = [
     "as_frames",
     "compare",
     "dedup_matrix",
+    "density",
+    "density_summary",
     "duplicates",
     "footprint",
     "group_footprints",

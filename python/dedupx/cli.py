@@ -16,12 +16,15 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
+from dedupx.analysis.density import density, density_summary
 from dedupx.exceptions import DedupxError, UsageError
+from dedupx.model.units import MIB
 from dedupx.qemu.guests import find_guests
 from dedupx.report.process import process_report
 from dedupx.report.snapshot import snapshot_report
 from dedupx.report.terminal import (
     render_compare,
+    render_density,
     render_process_report,
     render_snapshot_report,
     render_vms,
@@ -360,6 +363,63 @@ def analyze_cmd(
             render_snapshot_report(report, Console())
 
     run_guarded(work)
+
+
+@main.command("density")
+@click.argument("snapshot_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--kind",
+    type=click.Choice(["vm", "container"]),
+    default="vm",
+    show_default=True,
+    help="Which instances to project: VMs (QEMU processes) or containers (by cgroup).",
+)
+@click.option(
+    "--instance",
+    "instance_specs",
+    multiple=True,
+    metavar="PID[,PID...]",
+    help="One instance's processes (repeatable); default: every instance of --kind.",
+)
+@click.option("--n-max", default=64, show_default=True, help="Project N = 1 ... this.")
+@click.option(
+    "--ram", "ram_mib", type=int, help="RAM for instances in MiB (default: what is left)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def density_cmd(
+    snapshot_dir: str,
+    kind: str,
+    instance_specs: tuple[str, ...],
+    n_max: int,
+    ram_mib: int | None,
+    as_json: bool,
+) -> None:
+    """Predict the average footprint (PSS) per instance as N identical VMs or containers run
+    (N = 1 ... --n-max), from a snapshot holding one or more of them, under no merging, KSM
+    as configured on this host, and perfect merging of equal content; and how many fit in
+    RAM. Capture two instances to tell what they share from what each holds alone. The
+    model: docs/density.md."""
+
+    def work() -> None:
+        instances = [parse_pids(spec) for spec in instance_specs] or None
+        snap = open_snapshot(snapshot_dir)
+        curve = density(snap, kind=kind, instances=instances, n_max=n_max)
+        ram = ram_mib * MIB if ram_mib is not None else None
+        summary = density_summary(snap, curve, kind=kind, instances=instances, ram_bytes=ram)
+        report = {"summary": summary, "curve": curve.to_dicts()}
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            render_density(report, Console())
+
+    run_guarded(work)
+
+
+def parse_pids(spec: str) -> list[int]:
+    pids = [p.strip() for p in spec.split(",")]
+    if not pids or not all(p.isdigit() for p in pids):
+        raise UsageError(f"--instance takes PID[,PID...], not {spec!r}")
+    return [int(p) for p in pids]
 
 
 @main.command("compare")

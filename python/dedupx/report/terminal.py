@@ -283,6 +283,39 @@ def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
             )
 
 
+DENSITY_NS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def render_density(r: dict[str, Any], console: Console) -> None:
+    """The density curve at a few N, one column per policy, and how many fit."""
+    curve = {(p["policy"], p["n"]): p for p in r["curve"]}
+    n_max = r["summary"]["n_max"]
+    ns = [n for n in DENSITY_NS if n <= n_max] + ([n_max] if n_max not in DENSITY_NS else [])
+    k = len(r["summary"]["instances"])
+    t = Table(
+        title=f"Average PSS per {r['summary']['kind']} as instances are added (MiB), "
+        f"from {k} captured",
+        title_justify="left",
+    )
+    t.add_column("N", justify="right")
+    for policy in ("none", "ksm", "perfect"):
+        t.add_column(DENSITY_LABELS[policy], justify="right")
+    for n in ns:
+        t.add_row(str(n), *(f"{curve[(p, n)]['avg_pss_mib']:,.1f}" for p in DENSITY_LABELS))
+    console.print(t)
+    s = r["summary"]
+    console.print(f"Measured now: {s['measured_avg_pss_bytes'] / MIB:,.1f} MiB per instance.")
+    if s["ram_for_instances_bytes"] is not None:
+        fits = ", ".join(f"{DENSITY_LABELS[p]} {n:,}" for p, n in s["fits"].items())
+        console.print(
+            f"Fit in {s['ram_for_instances_bytes'] / MIB:,.0f} MiB left for instances: {fits}"
+            + (" (or more: raise --n-max)" if n_max in s["fits"].values() else "")
+        )
+
+
+DENSITY_LABELS = {"none": "no merging", "ksm": "KSM", "perfect": "perfect merging"}
+
+
 def render_compare(row: dict[str, Any], a: str, b: str, console: Console) -> None:
     t = Table(title=f"B = {escape(b)} against A = {escape(a)}", title_justify="left")
     t.add_column("")
