@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
-from dedupx.analysis.dedup_matrix import dedup_matrix
+from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import inactive_bloat, lru_pages
@@ -77,6 +77,7 @@ __all__ = [
     "duplicates",
     "footprint",
     "group_footprints",
+    "group_matrix",
     "image_snapshot",
     "inactive_bloat",
     "incremental_cost",
