@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
+from dedupx.analysis.containers import containers
 from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
@@ -73,6 +74,7 @@ __all__ = [
     "__version__",
     "as_frames",
     "compare",
+    "containers",
     "dedup_matrix",
     "duplicates",
     "footprint",
