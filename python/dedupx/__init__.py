@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
-from dedupx.analysis.dedup_matrix import dedup_matrix
+from dedupx.analysis.containers import containers
+from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.density import density, density_summary
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
@@ -74,12 +75,14 @@ __all__ = [
     "__version__",
     "as_frames",
     "compare",
+    "containers",
     "dedup_matrix",
     "density",
     "density_summary",
     "duplicates",
     "footprint",
     "group_footprints",
+    "group_matrix",
     "image_snapshot",
     "inactive_bloat",
     "incremental_cost",

@@ -343,7 +343,9 @@ def analyze_cmd(
     most duplicated contents and where they live, and coverage. For each VM: its dedup
     matrix (within itself, with the host, with other VMs; what KSM can reach and misses)
     and its incremental cost; with --guest, its RAM by what the guest says and its cold
-    inactive-LRU memory."""
+    inactive-LRU memory. For each container (the processes of one cgroup): its processes,
+    its footprint (the sum of theirs) and its dedup matrix (within itself, with the host,
+    with other containers)."""
 
     def work() -> None:
         guests: dict[int, GuestView] = {}

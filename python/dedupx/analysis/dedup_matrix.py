@@ -1,21 +1,24 @@
-"""The dedup matrix of a target VM (the study's Table 6.4), as docs/metrics.md defines it.
+"""The dedup matrix of a target (the study's Table 6.4), as docs/metrics.md defines it.
 
-V's frames are the PFNs V's QEMU process maps; another VM's frames are the PFNs another
-QEMU process maps that are not V's; host frames are all other hashed PFNs. For each content
-among V's frames: V's own extra copies count in ``within`` (split anon/anon, file/file,
+The target V is a VM's QEMU process (``dedup_matrix``) or a group of processes such as a
+container's (``group_matrix``); its *peers* are the other processes of a kind (other VMs,
+other containers). V's frames are the PFNs V's processes map; peer frames are the PFNs a
+peer maps that are not V's; host frames are all other hashed PFNs. For each content among
+V's frames: V's own extra copies count in ``within`` (split anon/anon, file/file,
 anon/file); V's remaining copy counts once in ``host`` if the host holds the content, else
-in ``vm`` if another VM does (the precedence is ``order``). KSM can reach a saving only
+in the peers' row if a peer does (the precedence is ``order``). KSM can reach a saving only
 where both copies are KSM-eligible (private anon in a mergeable VMA).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
-from dedupx.exceptions import NotAGuest
+from dedupx.exceptions import NotAGuest, ProcessNotFound, UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_thp
 from dedupx.model.units import MIB, PAGE_SIZE
@@ -23,23 +26,22 @@ from dedupx.model.units import MIB, PAGE_SIZE
 COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 
 
-def scoped_frames(f: Frames, pid: int) -> pl.LazyFrame:
-    """Hashed frames with ``scope``: "v" (V maps it), "vm" (another VM does), "host"; and
-    ``thp`` (KSM-eligible and held in a THP). A scan of V's process alone has only V's
-    frames: its host and vm rows stay empty."""
+def scoped_frames(f: Frames, pids: Collection[int], peer: str = "vm") -> pl.LazyFrame:
+    """Hashed frames with ``scope``: "v" (one of V's ``pids`` maps it), ``peer`` (a process
+    of that kind outside V does), "host"; and ``thp`` (KSM-eligible and held in a THP). A
+    scan of V's process alone has only V's frames: its host and peer rows stay empty."""
     f.require("dedup_matrix", "pages", "processes")
     assert f.pages is not None and f.processes is not None
     kinds = f.processes.select("pid", "kind")
-    if kinds.filter(pl.col("pid") == pid).select(pl.len()).collect().item() == 0:
-        raise NotAGuest(f"PID {pid} is not in this capture")
+    target = pl.col("pid").is_in(list(pids))
     owners = (
         f.pages.filter(pl.col("present"))
         .select("pid", "pfn")
         .join(kinds, on="pid", how="left")
         .group_by("pfn")
         .agg(
-            (pl.col("pid") == pid).any().alias("in_v"),
-            ((pl.col("kind") == "vm") & (pl.col("pid") != pid)).any().alias("in_vm"),
+            target.any().alias("in_v"),
+            ((pl.col("kind") == peer) & ~target).any().alias("in_peer"),
         )
     )
     return (
@@ -48,13 +50,20 @@ def scoped_frames(f: Frames, pid: int) -> pl.LazyFrame:
         .with_columns(
             pl.when(pl.col("in_v").fill_null(False))
             .then(pl.lit("v"))
-            .when(pl.col("in_vm").fill_null(False))
-            .then(pl.lit("vm"))
+            .when(pl.col("in_peer").fill_null(False))
+            .then(pl.lit(peer))
             .otherwise(pl.lit("host"))
             .alias("scope"),
             (pl.col("ksm_eligible") & is_thp().fill_null(False)).alias("thp"),
         )
     )
+
+
+def missing_pids(f: Frames, pids: Collection[int]) -> list[int]:
+    """Those of ``pids`` the capture has no process record of."""
+    assert f.processes is not None
+    have = set(f.processes.filter(pl.col("pid").is_in(list(pids))).select("pid").collect()["pid"])
+    return sorted(set(pids) - have)
 
 
 def dedup_matrix(
@@ -65,14 +74,49 @@ def dedup_matrix(
     (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
     copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
     ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
+    f = as_frames(data)
+    f.require("dedup_matrix", "pages", "processes")
+    if missing_pids(f, [pid]):
+        raise NotAGuest(f"PID {pid} is not in this capture")
+    return matrix(f, [pid], "vm", order)
+
+
+def group_matrix(
+    data: Frames | HasFrames,
+    pids: Collection[int],
+    peer: str = "container",
+    order: tuple[str, str] | None = None,
+) -> pl.DataFrame:
+    """The same matrix for a group of processes taken as one target (a container: every
+    PID of its cgroup); its peers are the processes of kind ``peer`` outside the group, and
+    its rows ``within``, ``host``, ``<peer>``, ``total`` (``order`` defaults to host first).
+    A frame any of the group's processes maps is the group's, so frames its processes
+    share among themselves are no duplicates."""
+    f = as_frames(data)
+    f.require("group_matrix", "pages", "processes")
+    if not pids:
+        raise UsageError("group_matrix needs at least one PID")
+    gone = missing_pids(f, pids)
+    if gone:
+        raise ProcessNotFound(f"PIDs {gone} are not in this capture")
+    return matrix(f, pids, peer, order or ("host", peer))
+
+
+def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) -> pl.DataFrame:
+    """The one computation behind both entry points (docs/metrics.md's rule)."""
+    if peer in ("v", "host"):
+        raise UsageError(f"peer must be a process kind other than 'host', not {peer!r}")
+    if sorted(order) != sorted(("host", peer)):
+        raise UsageError(f"order must name 'host' and {peer!r}, not {order!r}")
     first, second = order
-    f = scoped_frames(as_frames(data), pid)
+    scopes = ("v", "host", peer)
     per = (
-        f.group_by("hash")
+        scoped_frames(f, pids, peer)
+        .group_by("hash")
         .agg(
             *(
                 agg
-                for s in ("v", "host", "vm")
+                for s in scopes
                 for agg in (
                     (pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"a_{s}"),
                     (~pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"f_{s}"),
@@ -87,7 +131,7 @@ def dedup_matrix(
     )
     cast = {c: pl.Int64 for c in per.columns if c[:2] in ("a_", "f_", "e_", "t_")}
     per = per.cast(cast)  # type: ignore[arg-type]
-    held = {s: (pl.col(f"a_{s}") + pl.col(f"f_{s}")) > 0 for s in ("host", "vm")}
+    held = {s: (pl.col(f"a_{s}") + pl.col(f"f_{s}")) > 0 for s in (first, second)}
     partner = pl.when(held[first]).then(pl.lit(first)).when(held[second]).then(pl.lit(second))
     per = per.with_columns(partner.alias("partner"))
     a_p = (
@@ -121,7 +165,7 @@ def dedup_matrix(
         (pl.col("a_v") + pl.col("f_v") - 1).filter(pl.col("zero")).sum().alias("zero"),
     ).row(0, named=True)
     rows.append(_row("within", within))
-    for scope in ("host", "vm"):
+    for scope in ("host", peer):
         p = per.filter(pl.col("partner") == scope)
         col = (
             pl.when(pl.col("p_aa"))

@@ -32,6 +32,7 @@ from dedupx.analysis.ksm import KSM_SYSFS, max_page_sharing
 from dedupx.exceptions import UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_private_anon, is_zero_page
+from dedupx.model.process_kinds import cgroup_leaf
 from dedupx.model.units import MIB, PAGE_SIZE
 
 POLICIES = ("none", "ksm", "perfect")
@@ -50,10 +51,10 @@ def instances_of(f: Frames, kind: str) -> list[list[int]]:
     processes (grouped by cgroup)."""
     f.require("density", "processes")
     assert f.processes is not None
-    procs = f.processes.filter(pl.col("kind") == kind).select("pid", "cgroup").collect()
+    procs = f.processes.filter(pl.col("kind") == kind).select("pid", cgroup_leaf().alias("group"))
     if kind == "vm":
-        return [[int(p)] for p in procs["pid"]]
-    groups = procs.group_by("cgroup", maintain_order=True).agg("pid")
+        return [[int(p)] for p in procs.collect()["pid"]]
+    groups = procs.collect().group_by("group", maintain_order=True).agg("pid")
     return [sorted(int(p) for p in pids) for pids in groups["pid"]]
 
 

@@ -18,6 +18,7 @@ from dedupx.model.page_classes import (
     is_shmem,
     is_zero_page,
 )
+from dedupx.model.process_kinds import cgroup_leaf
 from dedupx.model.units import PAGE_SIZE
 
 
@@ -68,7 +69,7 @@ def group_footprints(data: Frames | HasFrames, fp: pl.DataFrame | None = None) -
     assert f.processes is not None
     fp = footprint(f) if fp is None else fp
     procs = f.processes.select("pid", "comm", "kind", "cgroup").collect()
-    leaf = pl.col("cgroup").str.split("\n").list.last().str.split(":").list.last()
+    leaf = cgroup_leaf()
     group = (
         pl.when(pl.col("kind") == "vm")
         .then(pl.format("vm {} ({})", pl.col("pid"), pl.col("comm")))

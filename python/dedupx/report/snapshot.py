@@ -6,7 +6,8 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.analysis.dedup_matrix import dedup_matrix
+from dedupx.analysis.containers import containers
+from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
@@ -37,6 +38,16 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
             r["guest_classes"] = guest_classes(view)
             r["bloat"] = inactive_bloat(view)
         out.append(r)
+    return out
+
+
+def container_reports(f: Frames, fp: pl.DataFrame | None = None) -> list[dict[str, Any]]:
+    """Per container (the processes of one cgroup): its processes, its footprint (the sum of
+    theirs) and its dedup matrix (within itself, with the host, with other containers)."""
+    out = []
+    for c in containers(f, fp).iter_rows(named=True):
+        c["dedup_matrix"] = group_matrix(f, c["pids"]).to_dicts()
+        out.append(c)
     return out
 
 
@@ -74,7 +85,8 @@ def snapshot_report(
         report["groups"] = group_footprints(f, fp).to_dicts()
         report["total_pss_bytes"] = int(fp["pss_bytes"].sum())
         report["vms"] = vm_reports(f, guests)
+        report["containers"] = container_reports(f, fp)
     return report
 
 
-__all__ = ["snapshot_report", "vm_reports"]
+__all__ = ["container_reports", "snapshot_report", "vm_reports"]

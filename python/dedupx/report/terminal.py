@@ -207,17 +207,26 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
         console.print(top_table(r["top_duplicates"], by_kind=False))
     if r.get("vms"):
         render_vm_reports(r["vms"], console)
+    if r.get("containers"):
+        render_container_reports(r["containers"], console)
     if r["coverage"]:
         console.print(coverage_line(r["coverage"]))
 
 
-MATRIX_ROWS = {"within": "within the VM", "host": "with the host", "vm": "with other VMs"}
+MATRIX_ROWS = {
+    "host": "with the host",
+    "vm": "with other VMs",
+    "container": "with other containers",
+}
 
 
-def matrix_tables(title: str, matrix: list[dict[str, Any]]) -> tuple[Table, Table]:
+def matrix_tables(
+    title: str, matrix: list[dict[str, Any]], target: str = "VM"
+) -> tuple[Table, Table]:
     """The dedup matrix as the study prints it (rows within / host / VM-VM and a total;
     columns by kind, in MiB), then what KSM reaches and misses of each row, in MiB: two
-    tables that fit 80 columns."""
+    tables that fit 80 columns. ``target`` names what the matrix is of ("VM", "container")."""
+    labels = {"within": f"within the {target}", **MATRIX_ROWS}
     kinds = Table(title=f"{title}: duplicated memory (MiB)", title_justify="left")
     ksm = Table(title="  of which KSM (MiB)", title_justify="left")
     kinds.add_column("")
@@ -231,7 +240,7 @@ def matrix_tables(title: str, matrix: list[dict[str, Any]]) -> tuple[Table, Tabl
         return [f"{pages_to_mib(row[k]):,.1f}" for k in keys]
 
     for row in matrix:
-        label = MATRIX_ROWS.get(row["row"], row["row"])
+        label = labels.get(row["row"], row["row"])
         style = "bold" if row["row"] == "total" else None
         kinds.add_row(
             label,
@@ -314,6 +323,21 @@ def render_density(r: dict[str, Any], console: Console) -> None:
 
 
 DENSITY_LABELS = {"none": "no merging", "ksm": "KSM", "perfect": "perfect merging"}
+
+
+def render_container_reports(containers: list[dict[str, Any]], console: Console) -> None:
+    """Each container: its processes and footprint (the sum of theirs), then its matrix."""
+    for c in containers:
+        names = ", ".join(sorted(set(c["comms"])))
+        noun = "process" if c["processes"] == 1 else "processes"
+        console.print(
+            f"[bold]Container[/bold] {escape(c['cgroup'])}: {c['processes']} {noun} "
+            f"({escape(names)}); PSS {_mib(c['pss_bytes'])} MiB, RSS {_mib(c['rss_bytes'])} "
+            f"MiB, USS {_mib(c['uss_bytes'])} MiB"
+        )
+        title = f"Container {escape(c['cgroup'])}"
+        for t in matrix_tables(title, c["dedup_matrix"], target="container"):
+            console.print(t)
 
 
 def render_compare(row: dict[str, Any], a: str, b: str, console: Console) -> None:
