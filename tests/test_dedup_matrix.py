@@ -105,7 +105,7 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
                 )
             for col in ("anon_anon", "file_file", "anon_file", "zero"):
                 assert got["total"][col] == sum(want[r][col] for r in ("within", "host", "vm"))
-        check_incremental_cost(snap, g2.pid, g2.ram_vma())
+        check_uss_breakdown(snap, g2.pid, g2.ram_vma())
         twin = as_dict(dedupx.dedup_matrix(snap, g2.pid))
         other = as_dict(dedupx.dedup_matrix(snap, g3.pid))
         # Two guests booted from the same kernel and initramfs share thousands of pages; a
@@ -116,7 +116,7 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
         assert other["vm"]["total"] < 0.8 * twin["vm"]["total"]
 
 
-def check_incremental_cost(snap: dedupx.Frames, v: int, ram: tuple[int, int]) -> None:
+def check_uss_breakdown(snap: dedupx.Frames, v: int, ram: tuple[int, int]) -> None:
     """The guest's exclusive PFNs and unique contents, counted by hand."""
     assert snap.pages is not None
     owners: dict[int, set[int]] = defaultdict(set)
@@ -146,7 +146,9 @@ def check_incremental_cost(snap: dedupx.Frames, v: int, ram: tuple[int, int]) ->
     )
     v_contents = {hashes[p] for p in vaddr_of if p in hashes and p not in zero_pfns}
     other_contents = {h for p, h in hashes.items() if p not in vaddr_of and p not in zero_pfns}
-    got = dedupx.incremental_cost(snap, v)
+    got = dedupx.uss_breakdown(snap, v)
+    # With nothing merged, what the guest adds given the rest is its USS.
+    assert dedupx.incremental_cost(snap, v, policy="none")["pages"] == got["pages"]
     assert got["pages"] == len(mine)
     assert got["guest_ram_pages"] == len(in_guest)
     assert got["qemu_pages"] == len(mine - in_guest)

@@ -25,10 +25,18 @@ ANALYSES: dict[str, Analysis] = {
     "compare": lambda f, pid: dedupx.compare(f, f),
     "dedup_matrix": lambda f, pid: dedupx.dedup_matrix(f, pid),
     "incremental_cost": lambda f, pid: dedupx.incremental_cost(f, pid),
+    "uss_breakdown": lambda f, pid: dedupx.uss_breakdown(f, pid),
     "snapshot_report": lambda f, pid: dedupx.snapshot_report(f),
 }
 # What an image cannot answer: it has no processes, pages or mappings.
-NEEDS_PAGES = {"footprint", "group_footprints", "page_counts", "dedup_matrix", "incremental_cost"}
+NEEDS_PAGES = {
+    "footprint",
+    "group_footprints",
+    "page_counts",
+    "dedup_matrix",
+    "incremental_cost",
+    "uss_breakdown",
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +69,7 @@ def test_each_analysis_takes_each_source(
     if source == "image" and name in NEEDS_PAGES:
         with pytest.raises(dedupx.MissingFrames, match="image capture has none"):
             run(frames, lp.pid)
-    elif name == "incremental_cost":  # the fixture is a process, not a QEMU guest
+    elif name in ("incremental_cost", "uss_breakdown"):  # the fixture is not a guest
         with pytest.raises(dedupx.NotAGuest, match="not a QEMU guest"):
             run(frames, lp.pid)
     else:

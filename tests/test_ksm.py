@@ -34,12 +34,22 @@ def test_ksm_merges_what_dedupx_predicts(tmp_path: Path, thp: str) -> None:
         with ksm_running():
             merged = wait_converged()
             fp = dedupx.footprint(dedupx.scan(guests[0].pid)).row(0, named=True)
+            # Held still (run=0 keeps the merges), what each guest now has alone is what
+            # its incremental cost under KSM, predicted before KSM ran, said it would be.
+            (KSM / "run").write_text("0")
+            after = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "after-ksm"))
         assert fp["pss_bytes"] < fp["pss_without_ksm_bytes"]
         if thp == "never":
             # A guest's PSS without KSM's merges is what it was before KSM ran. (With THPs,
             # splitting them for KSM frees their zero-filled subpages: RSS itself drops.)
             assert abs(fp["pss_without_ksm_bytes"] - pss_before) <= 0.005 * pss_before
         print(f"THP {thp}: KSM merged {merged}, dedupx predicted {pred}")
+        for g in guests:
+            cost = dedupx.incremental_cost(snap, g.pid)["pages"]
+            uss = dedupx.uss_breakdown(after, g.pid)["pages"]
+            print(f"guest {g.pid}: incremental cost under KSM {cost:,}, USS once merged {uss:,}")
+            if thp == "never":
+                assert abs(cost - uss) <= 0.03 * uss, (cost, uss)
         if thp == "never":
             assert pred["thp_frames"] == 0
             assert abs(merged - pred["pages_sharing"]) <= 0.02 * pred["pages_sharing"]

@@ -16,7 +16,7 @@ from dedupx.analysis.density import density, density_summary
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import inactive_bloat, lru_pages
-from dedupx.analysis.incremental_cost import incremental_cost
+from dedupx.analysis.incremental_cost import incremental_cost, uss_breakdown
 from dedupx.analysis.ksm import ksm_prediction
 from dedupx.analysis.page_counts import page_counts
 from dedupx.exceptions import (
@@ -98,4 +98,5 @@ __all__ = [
     "snapshot",
     "snapshot_report",
     "top_duplicates",
+    "uss_breakdown",
 ]

@@ -1,9 +1,13 @@
-"""What one more guest costs given the rest of the host (the study's Figures 6.3 and 6.4).
+"""What a guest costs, two ways (docs/metrics.md):
 
-The frame view: PFNs the guest's QEMU process maps and no other process maps, split into
-QEMU's own memory and guest RAM (by RAM block); guest RAM further by what the guest says of
-each page when ``guest_frames`` (gfn, class) is given. The content view: distinct contents
-of the guest's frames that occur nowhere else on the host.
+- its **USS** (``uss_breakdown``): the frames its QEMU process maps and no other process
+  maps, as they stand in the capture, split by cause: QEMU's own memory and guest RAM (by
+  RAM block, and by what the guest says of each page when told); and the content view,
+  its distinct contents found nowhere else;
+- its **incremental cost** (``incremental_cost``, the study's Figures 6.3 and 6.4): what
+  one more such guest adds given everything else present, once a merging policy has done
+  its work (KSM as configured by default), predicted from one capture whether KSM has run
+  or not. With KSM converged, it is what the guest's USS becomes.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from typing import Any
 
 import polars as pl
 
+from dedupx.analysis.density import use_zero_pages
 from dedupx.analysis.hashed_frames import hashed_frames
-from dedupx.exceptions import NotAGuest
+from dedupx.analysis.ksm import max_page_sharing
+from dedupx.exceptions import NotAGuest, UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
@@ -23,7 +30,7 @@ from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
 def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
     """The gpa map of guest ``pid``: the capture's own (``f.gpa_map``) when it has one for
     that PID, else made from its command line and VMAs."""
-    f.require("incremental_cost", "pages", "vmas", "processes")
+    f.require("the cost of a guest", "pages", "vmas", "processes")
     assert f.pages is not None and f.vmas is not None and f.processes is not None
     if f.gpa_map is not None:
         gm = f.gpa_map.filter(pl.col("pid") == pid).collect()
@@ -40,12 +47,13 @@ def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
     return gpa_map(pid, layout_from_cmdline(parse_qemu_cmdline(argv), vmas), pages)
 
 
-def incremental_cost(
+def uss_breakdown(
     data: Frames | HasFrames, pid: int, guest_frames: pl.DataFrame | None = None
 ) -> dict[str, Any]:
-    """``pages``: the guest's exclusive PFNs; ``qemu_pages`` and ``guest_ram_pages`` of them;
-    ``guest_ram_by_block``; ``guest_ram_by_class`` (from ``guest_frames``' ``class`` column
-    by gfn, "not told" where the guest said nothing) and ``guest_not_backed`` (guest pages
+    """The guest's USS as it stands, by cause. ``pages``: the guest's exclusive PFNs;
+    ``qemu_pages`` and ``guest_ram_pages`` of them; ``guest_ram_by_block``;
+    ``guest_ram_by_class`` (from ``guest_frames``' ``class`` column by gfn, "not told"
+    where the guest said nothing) and ``guest_not_backed`` (guest pages
     with no host page at all); ``unique_contents`` (distinct contents found nowhere else).
     The guest map is the capture's (``Frames.with_gpa_map``) or made from its command line.
     """
@@ -100,4 +108,143 @@ def incremental_cost(
     return out
 
 
-__all__ = ["guest_ram_map", "incremental_cost"]
+QEMU_PARTS = {
+    "heap": "QEMU heap",
+    "stack": "QEMU stack",
+    "anon": "QEMU anonymous (thread stacks, TCG code, buffers)",
+    "file": "QEMU binary, libraries and files",
+    "shmem": "QEMU shared memory",
+    "special": "QEMU other",
+}
+
+
+def _rows(f: Frames, pid: int, gm: pl.DataFrame) -> pl.LazyFrame:
+    """The guest's present pages (the zero page aside), each with its VMA, its guest page
+    (if any) and what a policy may merge it with: ``copy`` (it stands for a page of its
+    own: each mapping of a KSM page, the first mapping of a frame only this process maps),
+    ``eligible`` (KSM could merge it) and ``part`` (what it is to QEMU or the guest)."""
+    assert f.pages is not None and f.vmas is not None
+    mine = f.pages.filter((pl.col("pid") == pid) & pl.col("present") & ~is_zero_page())
+    mine = mine.join(
+        f.vmas.filter(pl.col("pid") == pid).select("vma_id", "mergeable", "kind"),
+        on="vma_id",
+        how="left",
+    ).join(gm.lazy().select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left")
+    m_v = pl.len().over("pfn")
+    first = pl.col("vaddr") == pl.col("vaddr").min().over("pfn")
+    exclusive = pl.col("mapcount") <= m_v
+    part = (
+        pl.when(pl.col("gpa").is_not_null())
+        .then(pl.lit("guest RAM"))
+        .otherwise(pl.col("kind").replace_strict(QEMU_PARTS, default="QEMU other"))
+    )
+    return mine.with_columns(
+        (is_ksm() | (exclusive & first)).alias("copy"),
+        (is_ksm() | is_ksm_eligible(pl.col("mergeable").fill_null(False))).alias("eligible"),
+        pl.coalesce(pl.col("hash"), pl.col("pfn").cast(pl.String).cast(pl.Binary)).alias("content"),
+        part.alias("part"),
+        pl.col("zero").fill_null(False),
+    ).filter(pl.col("copy"))
+
+
+def _elsewhere(f: Frames, pid: int, eligible_only: bool) -> pl.LazyFrame:
+    """Contents some other process holds (KSM-eligible copies only, for KSM), or any frame
+    of the capture that is not the guest's alone (for perfect merging)."""
+    assert f.pages is not None and f.vmas is not None
+    if eligible_only:
+        others = f.pages.filter((pl.col("pid") != pid) & pl.col("present"))
+        others = others.join(
+            f.vmas.select("pid", "vma_id", "mergeable"), on=["pid", "vma_id"], how="left"
+        ).filter(is_ksm() | is_ksm_eligible(pl.col("mergeable").fill_null(False)))
+        return others.select(pl.col("hash").alias("content")).drop_nulls().unique()
+    own = (
+        f.pages.filter(pl.col("present"))
+        .group_by("pfn")
+        .agg((pl.col("pid") == pid).all().alias("only_v"))
+        .filter(pl.col("only_v"))
+        .select("pfn")
+    )
+    return (
+        hashed_frames(f)
+        .join(own, on="pfn", how="anti")
+        .select(pl.col("hash").alias("content"))
+        .unique()
+    )
+
+
+def incremental_cost(
+    data: Frames | HasFrames,
+    pid: int,
+    guest_frames: pl.DataFrame | None = None,
+    *,
+    policy: str = "ksm",
+    max_sharing: int | None = None,
+    zero_pages_free: bool | None = None,
+) -> dict[str, Any]:
+    """What guest ``pid`` costs given everything else in the capture, once ``policy``
+    (``none``, ``ksm`` as configured on this host, ``perfect``) has merged what it can:
+    ``pages`` (and ``mib``), split ``by_part`` (guest RAM, QEMU heap, stacks, libraries,
+    ...), guest RAM ``by_block`` and, with ``guest_frames``, ``by_class`` (what the guest
+    says of each page: anon, file, free, kernel, or "not told")."""
+    if policy not in ("none", "ksm", "perfect"):
+        raise UsageError(f"policy must be none, ksm or perfect, not {policy!r}")
+    f = as_frames(data)
+    gm = guest_ram_map(f, pid)
+    rows = _rows(f, pid, gm)
+    if policy == "none":
+        cost = pl.lit(1)
+    elif policy == "perfect":
+        rows = rows.join(
+            _elsewhere(f, pid, eligible_only=False).with_columns(pl.lit(True).alias("seen")),
+            on="content",
+            how="left",
+        )
+        first = pl.col("vaddr") == pl.col("vaddr").min().over("content")
+        cost = (pl.col("seen").is_null() & first).cast(pl.Int64)
+    else:
+        m = max_sharing or max_page_sharing()
+        zero_free = use_zero_pages() if zero_pages_free is None else zero_pages_free
+        rows = rows.join(
+            _elsewhere(f, pid, eligible_only=True).with_columns(pl.lit(True).alias("seen")),
+            on="content",
+            how="left",
+        )
+        # Equal eligible copies of the guest's own merge into ceil(copies / m) KSM pages
+        # (none if another process holds the content: they join its KSM page); the first
+        # of them in address order carry the cost.
+        group = ["content", "eligible"]
+        rank = pl.col("vaddr").rank("ordinal").over(group)
+        kept = (pl.len().over(group) + m - 1) // m
+        merged_cost = pl.col("seen").is_null() & (rank <= kept)
+        if zero_free:
+            merged_cost = merged_cost & ~pl.col("zero")
+        cost = pl.when(pl.col("eligible")).then(merged_cost.cast(pl.Int64)).otherwise(1)
+    costed = rows.with_columns(cost.alias("cost")).filter(pl.col("cost") > 0).collect()
+    ram = costed.filter(pl.col("gpa").is_not_null())
+    out: dict[str, Any] = {
+        "pid": pid,
+        "policy": policy,
+        "pages": int(costed["cost"].sum()),
+        "guest_ram_pages": int(ram["cost"].sum()),
+        "qemu_pages": int(costed.filter(pl.col("gpa").is_null())["cost"].sum()),
+        "by_part": dict(costed.group_by("part").agg(pl.col("cost").sum()).sort("part").iter_rows()),
+        "guest_ram_by_block": dict(
+            ram.group_by("block").agg(pl.col("cost").sum()).sort("block").iter_rows()
+        ),
+    }
+    if guest_frames is not None:
+        cls = ram.with_columns((pl.col("gpa") // PAGE_SIZE).alias("gfn")).join(
+            guest_frames.select("gfn", "class"), on="gfn", how="left"
+        )
+        out["guest_ram_by_class"] = dict(
+            cls.with_columns(pl.col("class").fill_null("not told"))
+            .group_by("class")
+            .agg(pl.col("cost").sum())
+            .sort("class")
+            .iter_rows()
+        )
+    out["mib"] = pages_to_mib(out["pages"])
+    return out
+
+
+__all__ = ["QEMU_PARTS", "guest_ram_map", "incremental_cost", "uss_breakdown"]

@@ -11,7 +11,7 @@ from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
-from dedupx.analysis.incremental_cost import incremental_cost
+from dedupx.analysis.incremental_cost import incremental_cost, uss_breakdown
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.units import pages_to_mib
@@ -19,8 +19,9 @@ from dedupx.sources.guest_view import GuestView
 
 
 def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[dict[str, Any]]:
-    """Per VM: its dedup matrix, incremental cost given the rest, and with a guest's own
-    view, its pages by guest class and its inactive-LRU bloat."""
+    """Per VM: its dedup matrix, its USS by cause, its incremental cost given the rest
+    (KSM as configured), and with a guest's own view, its pages by guest class and its
+    inactive-LRU bloat."""
     assert f.processes is not None
     vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm").collect()
     out = []
@@ -28,10 +29,10 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
         r: dict[str, Any] = {"pid": pid, "comm": comm}
         view = (guests or {}).get(pid)
         r["dedup_matrix"] = dedup_matrix(f, pid).to_dicts()
+        told = view.guest_frames(pid) if view else None
         try:
-            r["incremental_cost"] = incremental_cost(
-                f, pid, guest_frames=view.guest_frames(pid) if view else None
-            )
+            r["uss"] = uss_breakdown(f, pid, guest_frames=told)
+            r["incremental_cost"] = incremental_cost(f, pid, guest_frames=told)
         except DedupxError as e:
             r["incremental_cost_error"] = str(e)
         if view is not None:

@@ -256,24 +256,52 @@ def matrix_tables(
     return kinds, ksm
 
 
+def cost_table(uss: dict[str, Any], cost: dict[str, Any]) -> Table:
+    """What a VM costs (MiB): its USS now and its incremental cost given the others once
+    KSM has merged what it can (the study's Figures 6.3/6.4), by cause."""
+    t = Table(title="What this VM costs (MiB)", title_justify="left")
+    t.add_column("")
+    t.add_column("USS now", justify="right")
+    t.add_column(f"incremental ({cost['policy']})", justify="right")
+    t.add_row("total", _mib_pages(uss["pages"]), _mib_pages(cost["pages"]), style="bold")
+    t.add_row("QEMU's own", _mib_pages(uss["qemu_pages"]), _mib_pages(cost["qemu_pages"]))
+    for part, pages in cost["by_part"].items():
+        if part != "guest RAM":
+            t.add_row(f"  {escape(part)}", "", _mib_pages(pages))
+    t.add_row("guest RAM", _mib_pages(uss["guest_ram_pages"]), _mib_pages(cost["guest_ram_pages"]))
+    blocks = sorted(set(uss["guest_ram_by_block"]) | set(cost["guest_ram_by_block"]))
+    for b in blocks:
+        t.add_row(
+            f"  {escape(b)}",
+            _mib_pages(uss["guest_ram_by_block"].get(b, 0)),
+            _mib_pages(cost["guest_ram_by_block"].get(b, 0)),
+        )
+    classes = sorted(
+        set(uss.get("guest_ram_by_class", {})) | set(cost.get("guest_ram_by_class", {}))
+    )
+    for c in classes:
+        t.add_row(
+            f"  guest says {escape(c)}",
+            _mib_pages(uss.get("guest_ram_by_class", {}).get(c, 0)),
+            _mib_pages(cost.get("guest_ram_by_class", {}).get(c, 0)),
+        )
+    return t
+
+
+def _mib_pages(pages: int) -> str:
+    return f"{pages_to_mib(pages):,.1f}"
+
+
 def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
     for vm in vms:
         for t in matrix_tables(f"VM {vm['pid']} ({escape(vm['comm'] or '')})", vm["dedup_matrix"]):
             console.print(t)
-        cost = vm.get("incremental_cost")
-        if cost:
-            parts = [
-                f"QEMU {pages_to_mib(cost['qemu_pages']):,.1f} MiB",
-                f"guest RAM {pages_to_mib(cost['guest_ram_pages']):,.1f} MiB",
-            ]
-            if "guest_ram_by_class" in cost:
-                parts += [
-                    f"{k} {pages_to_mib(v):,.1f}" for k, v in cost["guest_ram_by_class"].items()
-                ]
+        uss, cost = vm.get("uss"), vm.get("incremental_cost")
+        if uss and cost:
+            console.print(cost_table(uss, cost))
             console.print(
-                f"Incremental cost: {cost['mib']:,.1f} MiB ({', '.join(parts)}); "
-                f"{cost['unique_contents']:,} contents found nowhere else; "
-                f"{cost['guest_not_backed']:,} guest pages not backed by host memory."
+                f"{uss['unique_contents']:,} contents found nowhere else; "
+                f"{uss['guest_not_backed']:,} guest pages not backed by host memory."
             )
         elif "incremental_cost_error" in vm:
             console.print(f"Incremental cost: {escape(vm['incremental_cost_error'])}")
