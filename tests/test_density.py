@@ -13,6 +13,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import dedupx
+from container_kit import FULL, Container, Containers, unavailable
 from dedupx.analysis.density import instances_of
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import (
@@ -130,3 +131,32 @@ def test_guests_with_ksm(tmp_path: Path) -> None:
             measured[n] = measured_avg_pss(grow(n))
         check(curve, "ksm", measured, {4, 8})
     assert read(KSM / "run") == "0"
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+def test_containers(tmp_path: Path) -> None:
+    """1, 2, 4 and 8 full busybox containers on one shared root (the study's best case for
+    containers): they share the root's page cache and nothing else merges them."""
+    with Containers(tmp_path / "containers") as kit:
+        root = kit.shared_root()
+        started: list[Container] = []
+
+        def grow(n: int) -> list[list[int]]:
+            while len(started) < n:
+                started.append(kit.start(f"c{len(started)}", FULL, root))
+            return [c.cgroup_pids() for c in started]
+
+        def avg_pss(groups: list[list[int]]) -> float:
+            return sum(sum(rollup(p)["Pss"] for p in g) for g in groups) / len(groups)
+
+        measured = {1: avg_pss(grow(1))}
+        two = grow(2)
+        snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap2"))
+        measured[2] = avg_pss(two)
+        for n in (4, 8):
+            measured[n] = avg_pss(grow(n))
+        # The capture's containers are found as such, one instance per cgroup.
+        found = [sorted(g) for g in instances_of(snap, "container")]
+        assert all(sorted(g) in found for g in two), (two, found)
+        curve = dedupx.density(snap, instances=two, n_max=8)
+        check(curve, "none", measured, {4, 8})
