@@ -114,6 +114,31 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
         assert twin["vm"]["ksm_reachable"] > 5_000
         print("VM-VM pages: twin", twin["vm"]["total"], "other kernel", other["vm"]["total"])
         assert other["vm"]["total"] < 0.8 * twin["vm"]["total"]
+        # The same from one compare of two guests, with zero pages apart on both sides:
+        # what a guest on another kernel has in common with a twin, beyond zeros.
+        for g, label in ((g2, "twin"), (g3, "other kernel")):
+            a = snap.restrict(pl.col("pid") == g1.pid)
+            b = snap.restrict(pl.col("pid") == g.pid)
+            row = dedupx.compare(a, b).row(0, named=True)
+
+            def zero_frames(f: dedupx.Frames) -> int:
+                real = (pl.col("kpageflags") & (1 << KPF_ZERO_PAGE)) == 0
+                return int(f.frames.filter(pl.col("zero") & real).select(pl.len()).collect().item())
+
+            # Every zero-filled frame of B is shared once A has one; none otherwise.
+            assert row["shared_zero"] == (zero_frames(b) if zero_frames(a) else 0)
+            assert row["shared_zero"] + row["shared_nonzero"] == row["shared"]
+            print(
+                f"{label}: shares {row['shared_nonzero']:,} non-zero and "
+                f"{row['shared_zero']:,} zero frames with twin1"
+            )
+        twin_row = dedupx.compare(
+            snap.restrict(pl.col("pid") == g1.pid), snap.restrict(pl.col("pid") == g2.pid)
+        ).row(0, named=True)
+        other_row = dedupx.compare(
+            snap.restrict(pl.col("pid") == g1.pid), snap.restrict(pl.col("pid") == g3.pid)
+        ).row(0, named=True)
+        assert other_row["shared_nonzero"] < 0.8 * twin_row["shared_nonzero"]
 
 
 def check_uss_breakdown(snap: dedupx.Frames, v: int, ram: tuple[int, int]) -> None:

@@ -20,7 +20,9 @@ def content_frames(data: Frames | HasFrames) -> pl.LazyFrame:
 def compare(a: Frames | HasFrames, b: Frames | HasFrames) -> pl.DataFrame:
     """One row: ``a_frames``, ``b_frames``, ``shared`` (frames of B whose content also
     occurs in A), ``b_only`` (frames of B whose content does not), the same for distinct
-    contents (``a_contents``, ``b_contents``, ``shared_contents``, ``b_only_contents``) and
+    contents (``a_contents``, ``b_contents``, ``shared_contents``, ``b_only_contents``),
+    ``shared_zero`` (of ``shared``, frames whose content is all zeros: untouched-looking
+    RAM, not code or data two guests have in common) and ``shared_nonzero``, and
     ``b_only_zero`` (how many of B's frames with zero content A lacks: 0 whenever A has any
     zero page). Open paths with ``dedupx.load`` first."""
     fa, fb = content_frames(a), content_frames(b)
@@ -34,6 +36,8 @@ def compare(a: Frames | HasFrames, b: Frames | HasFrames) -> pl.DataFrame:
             b_marked.select(
                 pl.len().alias("b_frames"),
                 pl.col("in_a").sum().alias("shared"),
+                (pl.col("in_a") & pl.col("zero")).sum().alias("shared_zero"),
+                (pl.col("in_a") & ~pl.col("zero")).sum().alias("shared_nonzero"),
                 (~pl.col("in_a")).sum().alias("b_only"),
                 pl.col("hash").n_unique().alias("b_contents"),
                 pl.col("hash").filter(pl.col("in_a")).n_unique().alias("shared_contents"),

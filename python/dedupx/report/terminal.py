@@ -378,6 +378,7 @@ def render_compare(row: dict[str, Any], a: str, b: str, console: Console) -> Non
         ("A", row["a_frames"], row["a_contents"]),
         ("B", row["b_frames"], row["b_contents"]),
         ("B shared with A", row["shared"], row["shared_contents"]),
+        ("  of which zero-filled", row["shared_zero"], 1 if row["shared_zero"] else 0),
         ("B only (incremental cost)", row["b_only"], row["b_only_contents"]),
     ):
         t.add_row(label, f"{f:,}", f"{pages_to_mib(f):,.1f}", f"{c:,}")
