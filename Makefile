@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # The process `make run` scans: PID=N, else the largest one dedupx may read.
 PID ?=
-APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio
+APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio chromium
 
 .PHONY: help setup build run test test-rs test-py lint bench fmt agent
 
