@@ -21,6 +21,7 @@ MATRIX_COLUMNS = {"anon_anon": "anon/anon", "file_file": "file/file", "anon_file
 MATRIX_ROWS = {"within": "within", "host": "with the host", "vm": "with other VMs"}
 CONTAINER_ROWS = {"within": "within", "host": "with the host", "container": "with containers"}
 WIDTH = 560
+TOP_BARS = 20  # the top list's table holds them all; a chart of hundreds of bars reads as none
 
 
 def density_chart(curve: list[dict[str, Any]], kind: str) -> alt.Chart:
@@ -122,8 +123,8 @@ def matrix_chart(matrix: list[dict[str, Any]], title: str, target: str = "vm") -
 
 
 def top_chart(tops: list[dict[str, Any]]) -> alt.Chart | None:
-    """The most duplicated contents: MiB perfect merging would save by merging each, labelled
-    by hash and where the copies live."""
+    """The most duplicated contents (the first ``TOP_BARS``): MiB perfect merging would save
+    by merging each, labelled by hash and where the copies live."""
     if not tops:
         return None
     values = [
@@ -133,7 +134,7 @@ def top_chart(tops: list[dict[str, Any]]) -> alt.Chart | None:
             "copies": g["frames"],
             "mib": pages_to_mib(g["total"]),
         }
-        for g in tops
+        for g in tops[:TOP_BARS]
     ]
     return (
         alt.Chart(alt.Data(values=values), title="Top duplicated contents")
