@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import dedupx
+from container_kit import FULL, Containers, unavailable
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import fixture_spec, rollup, run_cli, start_layout, stop
 
@@ -43,6 +44,7 @@ class Capture:
     guest_rss: dict[int, int]
     layout_pid: int
     pid_report: Path
+    containers: int  # how many the test started (0 where this host cannot make them)
 
 
 @dataclass
@@ -138,16 +140,22 @@ def capture(tmp_path_factory: pytest.TempPathFactory, page_layout_bin: Path) -> 
         with (
             Guest(assets, mem_mib=256, name="rep1", workdir=tmp) as g1,
             Guest(assets, mem_mib=256, name="rep2", workdir=tmp) as g2,
+            Containers(tmp / "containers") as kit,
         ):
             g1.stop()
             g2.stop()
+            started = 0
+            if unavailable() is None:  # two full containers on one shared root
+                for name in ("c1", "c2"):
+                    kit.start(name, FULL, root=kit.shared_root())
+                    started += 1
             snap = dedupx.snapshot(tmp / "snap")
             rss = {g.pid: rollup(g.pid)["Rss"] for g in (g1, g2)}
             pids = [g1.pid, g2.pid]
         pid_report = tmp / "pid.html"
         res = run_cli("report", str(lp.pid), "-o", str(pid_report), "-q")
         assert res.returncode == 0, res.stderr
-        return Capture(Path(snap), pids, rss, lp.pid, pid_report)
+        return Capture(Path(snap), pids, rss, lp.pid, pid_report, started)
     finally:
         stop(lp.proc)
 
@@ -192,6 +200,12 @@ def test_report_renders_offline(capture: Capture, tmp_path: Path) -> None:
         assert charts[f"matrix-vm-{pid}"]["rect mark"] == 9
         assert charts[f"matrix-vm-{pid}"]["text mark"] == 9
     assert 1 <= charts["top-duplicates"]["bar"] <= 20
+    if capture.containers:
+        assert charts["density-container"]["line mark"] == 3
+        assert charts["density-container"]["point"] == 3 * POINTS
+        matrices = [m for name, m in charts.items() if name.startswith("matrix-container-")]
+        assert len(matrices) >= capture.containers
+        assert all(m["rect mark"] == 9 and m["text mark"] == 9 for m in matrices)
 
     # Every table, and numbers the kernel gives independently: each guest's RSS.
     for cls in ("groups", "processes", "matrix", "matrix-ksm", "cost", "duplicates", "ksm"):
