@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # The process `make run` scans: PID=N, else the largest one dedupx may read.
 PID ?=
-APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio
+APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio chromium
 
 .PHONY: help setup build run test test-rs test-py lint bench fmt agent
 
@@ -42,7 +42,7 @@ fmt: ## format Rust and Python sources
 	$(PYTHON) -m ruff check --fix python tests bench
 
 bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 2 GiB guest
-	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py && $(PYTHON) vm_scan.py
+	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py && $(PYTHON) vm_scan.py && $(PYTHON) report_time.py
 
 agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknown-linux-gnu/release/)
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu
