@@ -57,14 +57,18 @@ def cost_rows(vm: dict[str, Any]) -> list[dict[str, Any]]:
     if not cost:
         return []
     label = f"VM {vm['pid']}"
-    qemu = {"part": "QEMU's own", "mib": pages_to_mib(cost["qemu_pages"])}
-    rows = [{"bar": f"{label} by RAM block", **qemu}]
+    qemu_parts = [
+        {"part": part, "mib": pages_to_mib(n)}
+        for part, n in cost["by_part"].items()
+        if part != "guest RAM"
+    ]
+    rows = [{"bar": f"{label} by RAM block", **q} for q in qemu_parts]
     rows += [
         {"bar": f"{label} by RAM block", "part": f"RAM block {block}", "mib": pages_to_mib(n)}
         for block, n in cost["guest_ram_by_block"].items()
     ]
     if "guest_ram_by_class" in cost:
-        rows.append({"bar": f"{label} by guest class", **qemu})
+        rows += [{"bar": f"{label} by guest class", **q} for q in qemu_parts]
         rows += [
             {"bar": f"{label} by guest class", "part": f"guest {cls}", "mib": pages_to_mib(n)}
             for cls, n in cost["guest_ram_by_class"].items()
@@ -82,7 +86,7 @@ def cost_chart(vms: list[dict[str, Any]]) -> alt.Chart | None:
         .mark_bar()
         .encode(
             y=alt.Y("bar:N", title=None, sort=None),
-            x=alt.X("sum(mib):Q", title="MiB no other process maps"),
+            x=alt.X("sum(mib):Q", title="MiB one more guest adds (KSM as configured)"),
             color=alt.Color("part:N", title="part"),
             order=alt.Order("part:N"),
             tooltip=["bar:N", "part:N", alt.Tooltip("mib:Q", format=",.1f")],

@@ -273,28 +273,38 @@ def matrix_tables(matrix: list[dict[str, Any]], target: str, name: str) -> str:
 def vm_section(vm: dict[str, Any]) -> str:
     name = f"VM {vm['pid']} ({vm['comm'] or ''})"
     out = [f"<h3>{esc(name)}</h3>", matrix_tables(vm["dedup_matrix"], "VM", name)]
-    cost = vm.get("incremental_cost")
-    if cost:
+    uss, cost = vm.get("uss"), vm.get("incremental_cost")
+    if uss and cost:
+
+        def row(label: str, now: int, added: int) -> list[Any]:
+            return [label, *num_cells([pmib(now), pmib(added)])]
+
         rows: list[list[Any]] = [
-            [label, *num_cells([f"{cost[k]:,}", pmib(cost[k])])]
-            for k, label in (
-                ("pages", "all pages no other process maps"),
-                ("qemu_pages", "QEMU's own (devices, heap, stacks)"),
-                ("guest_ram_pages", "guest RAM"),
+            row("total", uss["pages"], cost["pages"]),
+            row("QEMU's own", uss["qemu_pages"], cost["qemu_pages"]),
+        ]
+        rows += [
+            ["  " + part, *num_cells(["", pmib(n)])]
+            for part, n in cost["by_part"].items()
+            if part != "guest RAM"
+        ]
+        rows.append(row("guest RAM", uss["guest_ram_pages"], cost["guest_ram_pages"]))
+        for b in sorted(set(uss["guest_ram_by_block"]) | set(cost["guest_ram_by_block"])):
+            rows.append(
+                row(
+                    f"  RAM block {b}",
+                    uss["guest_ram_by_block"].get(b, 0),
+                    cost["guest_ram_by_block"].get(b, 0),
+                )
             )
-        ]
-        rows += [
-            [f"  RAM block {b}", *num_cells([f"{n:,}", pmib(n)])]
-            for b, n in cost["guest_ram_by_block"].items()
-        ]
-        rows += [
-            [f"  guest says {c}", *num_cells([f"{n:,}", pmib(n)])]
-            for c, n in cost.get("guest_ram_by_class", {}).items()
-        ]
-        out.append(table(f"{name}: incremental cost", ("", "pages", "MiB"), rows, cls="cost"))
+        told_uss, told = uss.get("guest_ram_by_class", {}), cost.get("guest_ram_by_class", {})
+        for c in sorted(set(told_uss) | set(told)):
+            rows.append(row(f"  guest says {c}", told_uss.get(c, 0), told.get(c, 0)))
+        header = ("", "USS now (MiB)", f"incremental, {cost['policy']} (MiB)")
+        out.append(table(f"{name}: what it costs", header, rows, cls="cost"))
         out.append(
-            f"<p>{cost['unique_contents']:,} contents of this guest are found nowhere else; "
-            f"{cost['guest_not_backed']:,} guest pages have no host page.</p>"
+            f"<p>{uss['unique_contents']:,} contents of this guest are found nowhere else; "
+            f"{uss['guest_not_backed']:,} guest pages have no host page.</p>"
         )
     elif "incremental_cost_error" in vm:
         out.append(f"<p class='note'>Incremental cost: {esc(vm['incremental_cost_error'])}</p>")
