@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 import dedupx
 from dedupx.analysis.guest_memory import lru_pages
+from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
 
 PAGE = 4096
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -195,3 +199,66 @@ def wait_converged(timeout: float = 180.0) -> int:
         elif now > 0 and scans >= since_scans + 2:
             return now
     raise TimeoutError(f"KSM did not converge in {timeout} s (at {last} pages)")
+
+
+def matrix_by_hand(snap: dedupx.Frames, target: set[int], peer: str) -> dict[str, dict[str, int]]:
+    """docs/metrics.md's matrix of a VM or a group of processes, one frame at a time: scope
+    "v" if a target PID maps the frame, ``peer`` if another process of that kind (``vm``,
+    ``container``) does, else host."""
+    assert snap.pages is not None and snap.processes is not None and snap.vmas is not None
+    kind = dict(snap.processes.select("pid", "kind").collect().iter_rows())
+    mergeable = {
+        (p, i): m
+        for p, i, m in snap.vmas.select("pid", "vma_id", "mergeable").collect().iter_rows()
+    }
+    owners: dict[int, set[int]] = defaultdict(set)
+    eligible: set[int] = set()
+    for pid, vma_id, pfn, present, flags in (
+        snap.pages.select("pid", "vma_id", "pfn", "present", "kpageflags").collect().iter_rows()
+    ):
+        if present:
+            owners[pfn].add(pid)
+            if flags & (1 << KPF_ANON) and mergeable[(pid, vma_id)]:
+                eligible.add(pfn)
+    scopes = ("v", "host", peer)
+    groups: dict[bytes, dict[str, list[int]]] = defaultdict(lambda: {s: [0, 0, 0] for s in scopes})
+    zero: set[bytes] = set()
+    for pfn, h, flags, is_zero in (
+        snap.frames.filter(pl.col("hash").is_not_null())
+        .select("pfn", "hash", "kpageflags", "zero")
+        .collect()
+        .iter_rows()
+    ):
+        if flags & (1 << KPF_ZERO_PAGE):
+            continue
+        who = owners.get(pfn, set())
+        scope = "v" if who & target else peer if any(kind.get(p) == peer for p in who) else "host"
+        g = groups[h][scope]
+        g[0 if flags & ((1 << KPF_ANON) | (1 << KPF_SWAPBACKED)) else 1] += 1
+        g[2] += pfn in eligible
+        if is_zero:
+            zero.add(h)
+    rows = {
+        r: {"anon_anon": 0, "file_file": 0, "anon_file": 0, "zero": 0, "ksm": 0}
+        for r in ("within", "host", peer)
+    }
+    for h, g in groups.items():
+        a, f, e = g["v"]
+        if a + f == 0:
+            continue
+        w = rows["within"]
+        w["anon_anon"] += max(a - 1, 0)
+        w["file_file"] += max(f - 1, 0)
+        w["anon_file"] += int(a > 0 and f > 0)
+        w["ksm"] += max(e - 1, 0)
+        w["zero"] += (a + f - 1) if h in zero else 0
+        for partner in ("host", peer):
+            pa, pf, pe = g[partner]
+            if pa + pf:
+                r = rows[partner]
+                col = "anon_anon" if a and pa else "file_file" if f and pf else "anon_file"
+                r[col] += 1
+                r["ksm"] += int(col == "anon_anon" and e > 0 and pe > 0)
+                r["zero"] += h in zero
+                break
+    return rows

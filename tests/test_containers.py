@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ from rich.console import Console
 
 import dedupx
 from container_kit import FULL, FULL_PROCESSES, SINGLE, Container, Containers, unavailable
-from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
 from dedupx.report.snapshot import snapshot_report
 from dedupx.report.terminal import render_snapshot_report
-from helpers import rollup
+from helpers import matrix_by_hand, rollup
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
@@ -40,74 +38,6 @@ PSS_TOLERANCE = (0.01, 1024)
 
 def kernel_pss(c: Container) -> int:
     return sum(rollup(pid)["Pss"] for pid in c.pids)
-
-
-def by_hand(snap: dedupx.Frames, target: set[int]) -> dict[str, dict[str, int]]:
-    """docs/metrics.md's matrix of a group of processes, one frame at a time: scope "v" if
-    a target PID maps the frame, "container" if another container process does, else host."""
-    assert snap.pages is not None and snap.processes is not None and snap.vmas is not None
-    kind = dict(snap.processes.select("pid", "kind").collect().iter_rows())
-    mergeable = {
-        (p, i): m
-        for p, i, m in snap.vmas.select("pid", "vma_id", "mergeable").collect().iter_rows()
-    }
-    owners: dict[int, set[int]] = defaultdict(set)
-    eligible: set[int] = set()
-    for pid, vma_id, pfn, present, flags in (
-        snap.pages.select("pid", "vma_id", "pfn", "present", "kpageflags").collect().iter_rows()
-    ):
-        if present:
-            owners[pfn].add(pid)
-            if flags & (1 << KPF_ANON) and mergeable[(pid, vma_id)]:
-                eligible.add(pfn)
-    scopes = ("v", "host", "container")
-    groups: dict[bytes, dict[str, list[int]]] = defaultdict(lambda: {s: [0, 0, 0] for s in scopes})
-    zero: set[bytes] = set()
-    for pfn, h, flags, is_zero in (
-        snap.frames.filter(pl.col("hash").is_not_null())
-        .select("pfn", "hash", "kpageflags", "zero")
-        .collect()
-        .iter_rows()
-    ):
-        if flags & (1 << KPF_ZERO_PAGE):
-            continue
-        who = owners.get(pfn, set())
-        scope = (
-            "v"
-            if who & target
-            else "container"
-            if any(kind.get(p) == "container" for p in who)
-            else "host"
-        )
-        g = groups[h][scope]
-        g[0 if flags & ((1 << KPF_ANON) | (1 << KPF_SWAPBACKED)) else 1] += 1
-        g[2] += pfn in eligible
-        if is_zero:
-            zero.add(h)
-    rows = {
-        r: {"anon_anon": 0, "file_file": 0, "anon_file": 0, "zero": 0, "ksm": 0}
-        for r in ("within", "host", "container")
-    }
-    for h, g in groups.items():
-        a, f, e = g["v"]
-        if a + f == 0:
-            continue
-        w = rows["within"]
-        w["anon_anon"] += max(a - 1, 0)
-        w["file_file"] += max(f - 1, 0)
-        w["anon_file"] += int(a > 0 and f > 0)
-        w["ksm"] += max(e - 1, 0)
-        w["zero"] += (a + f - 1) if h in zero else 0
-        for partner in ("host", "container"):
-            pa, pf, pe = g[partner]
-            if pa + pf:
-                r = rows[partner]
-                col = "anon_anon" if a and pa else "file_file" if f and pf else "anon_file"
-                r[col] += 1
-                r["ksm"] += int(col == "anon_anon" and e > 0 and pe > 0)
-                r["zero"] += h in zero
-                break
-    return rows
 
 
 def pair_sharing(snap: dedupx.Frames, a: Container, b: Container) -> tuple[int, int]:
@@ -156,7 +86,7 @@ def check_containers(snap: dedupx.Frames, started: list[Container], before: dict
         assert lo - slack <= g["pss_bytes"] <= hi + slack, (c.name, g["pss_bytes"], lo, hi)
 
         got = {r["row"]: r for r in dedupx.group_matrix(snap, c.pids).iter_rows(named=True)}
-        want = by_hand(snap, set(c.pids))
+        want = matrix_by_hand(snap, set(c.pids), "container")
         for row in ("within", "host", "container"):
             for col in ("anon_anon", "file_file", "anon_file", "zero"):
                 assert got[row][col] == want[row][col], (c.name, row, col)

@@ -9,72 +9,9 @@ from typing import Any
 import polars as pl
 
 import dedupx
-from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
+from dedupx.model.kpageflags import KPF_ZERO_PAGE
 from guest_kit import Guest, ensure_packages, guest_assets
-
-
-def by_hand(snap: dedupx.Frames, v: int) -> dict[str, dict[str, int]]:
-    """docs/metrics.md's matrix, one frame at a time."""
-    assert snap.pages is not None and snap.processes is not None and snap.vmas is not None
-    kind = dict(snap.processes.select("pid", "kind").collect().iter_rows())
-    mergeable = {
-        (p, i): m
-        for p, i, m in snap.vmas.select("pid", "vma_id", "mergeable").collect().iter_rows()
-    }
-    owners: dict[int, set[int]] = defaultdict(set)
-    eligible_pfn: set[int] = set()
-    for pid, vma_id, pfn, present, flags in (
-        snap.pages.select("pid", "vma_id", "pfn", "present", "kpageflags").collect().iter_rows()
-    ):
-        if present:
-            owners[pfn].add(pid)
-            if flags & (1 << KPF_ANON) and mergeable[(pid, vma_id)]:
-                eligible_pfn.add(pfn)
-    # content -> scope -> [anon, file, eligible]
-    groups: dict[bytes, dict[str, list[int]]] = defaultdict(
-        lambda: {s: [0, 0, 0] for s in ("v", "host", "vm")}
-    )
-    zero_content: set[bytes] = set()
-    for pfn, h, flags, zero in (
-        snap.frames.filter(pl.col("hash").is_not_null())
-        .select("pfn", "hash", "kpageflags", "zero")
-        .collect()
-        .iter_rows()
-    ):
-        if flags & (1 << KPF_ZERO_PAGE):
-            continue
-        who = owners.get(pfn, set())
-        scope = "v" if v in who else "vm" if any(kind.get(p) == "vm" for p in who) else "host"
-        anon = bool(flags & ((1 << KPF_ANON) | (1 << KPF_SWAPBACKED)))
-        g = groups[h][scope]
-        g[0 if anon else 1] += 1
-        g[2] += pfn in eligible_pfn
-        if zero:
-            zero_content.add(h)
-    rows = {
-        r: {"anon_anon": 0, "file_file": 0, "anon_file": 0, "zero": 0, "ksm": 0}
-        for r in ("within", "host", "vm")
-    }
-    for h, g in groups.items():
-        a, f, e = g["v"]
-        if a + f == 0:
-            continue
-        w = rows["within"]
-        w["anon_anon"] += max(a - 1, 0)
-        w["file_file"] += max(f - 1, 0)
-        w["anon_file"] += int(a > 0 and f > 0)
-        w["ksm"] += max(e - 1, 0)
-        w["zero"] += (a + f - 1) if h in zero_content else 0
-        for partner in ("host", "vm"):
-            pa, pf, pe = g[partner]
-            if pa + pf:
-                r = rows[partner]
-                col = "anon_anon" if a and pa else "file_file" if f and pf else "anon_file"
-                r[col] += 1
-                r["ksm"] += int(col == "anon_anon" and e > 0 and pe > 0)
-                r["zero"] += h in zero_content
-                break
-    return rows
+from helpers import matrix_by_hand
 
 
 def as_dict(m: pl.DataFrame) -> dict[str, dict[str, Any]]:
@@ -95,7 +32,7 @@ def test_matrix_of_identical_and_different_guests(tmp_path: Path) -> None:
         snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap"))
         for v in (g1.pid, g3.pid):
             got = as_dict(dedupx.dedup_matrix(snap, v))
-            want = by_hand(snap, v)
+            want = matrix_by_hand(snap, {v}, "vm")
             for row in ("within", "host", "vm"):
                 for col in ("anon_anon", "file_file", "anon_file", "zero"):
                     assert got[row][col] == want[row][col], (v, row, col)

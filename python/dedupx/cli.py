@@ -89,6 +89,24 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         sys.exit(1)
 
 
+def guest_view_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--guest PID=FILE and --qga PID=SOCKET: a guest's own view, for analyze and report."""
+    f = click.option(
+        "--qga",
+        "qga_sockets",
+        multiple=True,
+        metavar="PID=SOCKET",
+        help="The guest agent socket of the guest whose QEMU process is PID (repeatable).",
+    )(f)
+    return click.option(
+        "--guest",
+        "guest_files",
+        multiple=True,
+        metavar="PID=FILE",
+        help="A dedupx-agent file written inside the guest whose QEMU process is PID (repeatable).",
+    )(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dedupx")
 def main() -> None:
@@ -318,20 +336,7 @@ def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quie
 @click.argument("snapshot_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--top", default=10, show_default=True, help="How many rows in the top lists.")
-@click.option(
-    "--guest",
-    "guest_files",
-    multiple=True,
-    metavar="PID=FILE",
-    help="A dedupx-agent file written inside the guest whose QEMU process is PID (repeatable).",
-)
-@click.option(
-    "--qga",
-    "qga_sockets",
-    multiple=True,
-    metavar="PID=SOCKET",
-    help="The guest agent socket of the guest whose QEMU process is PID (repeatable).",
-)
+@guest_view_options
 def analyze_cmd(
     snapshot_dir: str,
     as_json: bool,
@@ -343,22 +348,14 @@ def analyze_cmd(
     by cgroup, other host processes), host-wide duplicates by kind with KSM's reach, the
     most duplicated contents and where they live, and coverage. For each VM: its dedup
     matrix (within itself, with the host, with other VMs; what KSM can reach and misses)
-    and its incremental cost; with --guest, its RAM by what the guest says and its cold
+    its USS and its incremental cost (what one more adds once KSM merges), by cause; with
+    --guest, its RAM by what the guest says and its cold
     inactive-LRU memory. For each container (the processes of one cgroup): its processes,
     its footprint (the sum of theirs) and its dedup matrix (within itself, with the host,
     with other containers)."""
 
     def work() -> None:
-        guests: dict[int, GuestView] = {}
-        for option, specs, read in (
-            ("--guest", guest_files, read_guest_agent),
-            ("--qga", qga_sockets, read_guest_qga),
-        ):
-            for spec in specs:
-                pid, sep, path = spec.partition("=")
-                if not sep or not pid.isdigit():
-                    raise UsageError(f"{option} takes PID=PATH, not {spec!r}")
-                guests[int(pid)] = read(path)
+        guests = parse_guest_specs(guest_files, qga_sockets)
         report = snapshot_report(open_snapshot(snapshot_dir), top=top, guests=guests)
         if as_json:
             click.echo(json.dumps(report, default=str))
@@ -476,20 +473,7 @@ def vms_cmd(as_json: bool) -> None:
     "--svg", "svg_dir", type=click.Path(file_okay=False), help="Also write each figure as SVG."
 )
 @click.option("--top", default=10, show_default=True, help="How many rows in the top lists.")
-@click.option(
-    "--guest",
-    "guest_files",
-    multiple=True,
-    metavar="PID=FILE",
-    help="A dedupx-agent file written inside the guest whose QEMU process is PID (repeatable).",
-)
-@click.option(
-    "--qga",
-    "qga_sockets",
-    multiple=True,
-    metavar="PID=SOCKET",
-    help="The guest agent socket of the guest whose QEMU process is PID (repeatable).",
-)
+@guest_view_options
 @click.option(
     "--threads", default=0, help="Worker threads for a live scan (default: one per core)."
 )

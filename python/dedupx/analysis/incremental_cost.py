@@ -47,6 +47,21 @@ def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
     return gpa_map(pid, layout_from_cmdline(parse_qemu_cmdline(argv), vmas), pages)
 
 
+def by_guest_class(ram: pl.DataFrame, guest_frames: pl.DataFrame, pages: pl.Expr) -> dict[str, int]:
+    """Guest-RAM rows (with ``gpa``) counted by what the guest says of each page (``pages``
+    aggregates a class's rows), "not told" where it said nothing."""
+    told = ram.with_columns((pl.col("gpa") // PAGE_SIZE).alias("gfn")).join(
+        guest_frames.select("gfn", "class"), on="gfn", how="left"
+    )
+    return dict(
+        told.with_columns(pl.col("class").fill_null("not told"))
+        .group_by("class")
+        .agg(pages)
+        .sort("class")
+        .iter_rows()
+    )
+
+
 def uss_breakdown(
     data: Frames | HasFrames, pid: int, guest_frames: pl.DataFrame | None = None
 ) -> dict[str, Any]:
@@ -83,16 +98,7 @@ def uss_breakdown(
         "guest_not_backed": gm.filter(pl.col("pfn").is_null()).height,
     }
     if guest_frames is not None:
-        cls = ram.with_columns((pl.col("gpa") // PAGE_SIZE).alias("gfn")).join(
-            guest_frames.select("gfn", "class"), on="gfn", how="left"
-        )
-        out["guest_ram_by_class"] = dict(
-            cls.with_columns(pl.col("class").fill_null("not told"))
-            .group_by("class")
-            .agg(pl.col("pfn").n_unique())
-            .sort("class")
-            .iter_rows()
-        )
+        out["guest_ram_by_class"] = by_guest_class(ram, guest_frames, pl.col("pfn").n_unique())
     frames = hashed_frames(f)
     mine_h = frames.join(pages.filter(pl.col("pid") == pid).select("pfn").unique(), on="pfn")
     rest_h = frames.join(mine_h.select("pfn"), on="pfn", how="anti").select("hash").unique()
@@ -233,16 +239,7 @@ def incremental_cost(
         ),
     }
     if guest_frames is not None:
-        cls = ram.with_columns((pl.col("gpa") // PAGE_SIZE).alias("gfn")).join(
-            guest_frames.select("gfn", "class"), on="gfn", how="left"
-        )
-        out["guest_ram_by_class"] = dict(
-            cls.with_columns(pl.col("class").fill_null("not told"))
-            .group_by("class")
-            .agg(pl.col("cost").sum())
-            .sort("class")
-            .iter_rows()
-        )
+        out["guest_ram_by_class"] = by_guest_class(ram, guest_frames, pl.col("cost").sum())
     out["mib"] = pages_to_mib(out["pages"])
     return out
 
