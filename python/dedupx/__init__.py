@@ -13,6 +13,7 @@ from dedupx.analysis.compare import compare
 from dedupx.analysis.containers import containers
 from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
 from dedupx.analysis.density import density, density_summary
+from dedupx.analysis.device_cost import device_costs
 from dedupx.analysis.duplicates import duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import inactive_bloat, lru_pages
@@ -79,6 +80,7 @@ __all__ = [
     "dedup_matrix",
     "density",
     "density_summary",
+    "device_costs",
     "duplicates",
     "footprint",
     "group_footprints",

@@ -24,7 +24,7 @@ from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
-from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
+from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline, main_ram_blocks, with_host_frames
 
 
 def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
@@ -34,8 +34,10 @@ def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
     assert f.pages is not None and f.vmas is not None and f.processes is not None
     if f.gpa_map is not None:
         gm = f.gpa_map.filter(pl.col("pid") == pid).collect()
-        if gm.height:
+        if gm.height and "pfn" in gm.columns:
             return gm
+        if gm.height:  # a snapshot keeps the layout: the host frames are in its pages
+            return with_host_frames(gm, f.pages.filter(pl.col("pid") == pid).collect())
     procs = f.processes.filter(pl.col("pid") == pid).collect()
     if procs.height == 0:
         raise NotAGuest(f"PID {pid} is not in this capture")
@@ -62,6 +64,13 @@ def by_guest_class(ram: pl.DataFrame, guest_frames: pl.DataFrame, pages: pl.Expr
     )
 
 
+def main_blocks(f: Frames, pid: int) -> list[str]:
+    """The RAM blocks that hold guest ``pid``'s main memory (the others are devices')."""
+    assert f.processes is not None
+    argv = f.processes.filter(pl.col("pid") == pid).select("cmdline").collect()["cmdline"]
+    return main_ram_blocks(parse_qemu_cmdline(list(argv[0]) if argv.len() else []))
+
+
 def uss_breakdown(
     data: Frames | HasFrames, pid: int, guest_frames: pl.DataFrame | None = None
 ) -> dict[str, Any]:
@@ -86,16 +95,21 @@ def uss_breakdown(
     exclusive = mine.join(
         gm.select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left"
     )
-    ram = exclusive.filter(pl.col("gpa").is_not_null())
+    main = pl.col("block").is_in(main_blocks(f, pid))
+    ram = exclusive.filter(main)
+    devices = exclusive.filter(pl.col("gpa").is_not_null() & ~main)
     out: dict[str, Any] = {
         "pid": pid,
         "pages": exclusive["pfn"].n_unique(),
         "guest_ram_pages": ram["pfn"].n_unique(),
-        "qemu_pages": exclusive.filter(pl.col("gpa").is_null())["pfn"].n_unique(),
+        "qemu_pages": exclusive.filter(~main.fill_null(False))["pfn"].n_unique(),
         "guest_ram_by_block": dict(
             ram.group_by("block").agg(pl.col("pfn").n_unique()).sort("block").iter_rows()
         ),
-        "guest_not_backed": gm.filter(pl.col("pfn").is_null()).height,
+        "device_ram_by_block": dict(
+            devices.group_by("block").agg(pl.col("pfn").n_unique()).sort("block").iter_rows()
+        ),
+        "guest_not_backed": gm.filter(main & pl.col("pfn").is_null()).height,
     }
     if guest_frames is not None:
         out["guest_ram_by_class"] = by_guest_class(ram, guest_frames, pl.col("pfn").n_unique())
@@ -124,7 +138,7 @@ QEMU_PARTS = {
 }
 
 
-def _rows(f: Frames, pid: int, gm: pl.DataFrame) -> pl.LazyFrame:
+def _rows(f: Frames, pid: int, gm: pl.DataFrame, main: list[str]) -> pl.LazyFrame:
     """The guest's present pages (the zero page aside), each with its VMA, its guest page
     (if any) and what a policy may merge it with: ``copy`` (it stands for a page of its
     own: each mapping of a KSM page, the first mapping of a frame only this process maps),
@@ -140,8 +154,10 @@ def _rows(f: Frames, pid: int, gm: pl.DataFrame) -> pl.LazyFrame:
     first = pl.col("vaddr") == pl.col("vaddr").min().over("pfn")
     exclusive = pl.col("mapcount") <= m_v
     part = (
-        pl.when(pl.col("gpa").is_not_null())
+        pl.when(pl.col("block").is_in(main))
         .then(pl.lit("guest RAM"))
+        .when(pl.col("gpa").is_not_null())
+        .then(pl.format("device RAM {}", pl.col("block")))
         .otherwise(pl.col("kind").replace_strict(QEMU_PARTS, default="QEMU other"))
     )
     return mine.with_columns(
@@ -196,7 +212,7 @@ def incremental_cost(
         raise UsageError(f"policy must be none, ksm or perfect, not {policy!r}")
     f = as_frames(data)
     gm = guest_ram_map(f, pid)
-    rows = _rows(f, pid, gm)
+    rows = _rows(f, pid, gm, main_blocks(f, pid))
     if policy == "none":
         cost = pl.lit(1)
     elif policy == "perfect":
@@ -226,13 +242,13 @@ def incremental_cost(
             merged_cost = merged_cost & ~pl.col("zero")
         cost = pl.when(pl.col("eligible")).then(merged_cost.cast(pl.Int64)).otherwise(1)
     costed = rows.with_columns(cost.alias("cost")).filter(pl.col("cost") > 0).collect()
-    ram = costed.filter(pl.col("gpa").is_not_null())
+    ram = costed.filter(pl.col("part") == "guest RAM")
     out: dict[str, Any] = {
         "pid": pid,
         "policy": policy,
         "pages": int(costed["cost"].sum()),
         "guest_ram_pages": int(ram["cost"].sum()),
-        "qemu_pages": int(costed.filter(pl.col("gpa").is_null())["cost"].sum()),
+        "qemu_pages": int(costed.filter(pl.col("part") != "guest RAM")["cost"].sum()),
         "by_part": dict(costed.group_by("part").agg(pl.col("cost").sum()).sort("part").iter_rows()),
         "guest_ram_by_block": dict(
             ram.group_by("block").agg(pl.col("cost").sum()).sort("block").iter_rows()

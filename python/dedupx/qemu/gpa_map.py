@@ -126,9 +126,19 @@ def layout_from_cmdline(cfg: QemuConfig, vmas: pl.DataFrame) -> GpaLayout:
     )
 
 
-def gpa_map(pid: int, layout: GpaLayout, pages: pl.DataFrame) -> pl.DataFrame:
-    """One row per guest page: ``pid``, ``gpa``, ``hva``, ``pfn`` (null where the host has
-    no page: never touched or swapped), ``block``."""
+# RAM blocks that are the guest's main memory; every other block (vga.vram, pc.bios, ROMs)
+# belongs to an emulated device. A memory backend's block is named by its id.
+MAIN_RAM_BLOCKS = ("pc.ram", "ram", "ept")
+
+
+def main_ram_blocks(cfg: QemuConfig) -> list[str]:
+    """The names the guest's main RAM goes by: QEMU's default block or its memory backends."""
+    return [*MAIN_RAM_BLOCKS, *(b.id for b in cfg.backends)]
+
+
+def layout_frame(pid: int, layout: GpaLayout) -> pl.DataFrame:
+    """One row per guest page of a layout: ``pid``, ``gpa``, ``hva``, ``block``, ``source``
+    (what a snapshot keeps; ``gpa_map`` adds each page's host frame)."""
     parts = [
         pl.DataFrame(
             {
@@ -143,10 +153,28 @@ def gpa_map(pid: int, layout: GpaLayout, pages: pl.DataFrame) -> pl.DataFrame:
         if parts
         else pl.DataFrame(schema={"gpa": pl.UInt64, "hva": pl.UInt64, "block": pl.String})
     )
-    present = pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "pfn")
-    return frame.join(present, on="hva", how="left").select(
-        pl.lit(pid, dtype=pl.UInt32).alias("pid"), "gpa", "hva", "pfn", "block"
+    return frame.select(
+        pl.lit(pid, dtype=pl.UInt32).alias("pid"),
+        "gpa",
+        "hva",
+        "block",
+        pl.lit(layout.source).alias("source"),
     )
+
+
+def with_host_frames(layout: pl.DataFrame, pages: pl.DataFrame) -> pl.DataFrame:
+    """A layout frame with each guest page's host ``pfn`` (null where the host has no page:
+    never touched, or swapped), from the QEMU process's pages."""
+    present = pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "pfn")
+    return layout.join(present, on="hva", how="left").select(
+        "pid", "gpa", "hva", "pfn", "block", *(c for c in ("source",) if c in layout.columns)
+    )
+
+
+def gpa_map(pid: int, layout: GpaLayout, pages: pl.DataFrame) -> pl.DataFrame:
+    """One row per guest page: ``pid``, ``gpa``, ``hva``, ``pfn`` (null where the host has
+    no page: never touched or swapped), ``block``, ``source``."""
+    return with_host_frames(layout_frame(pid, layout), pages)
 
 
 def gpa_map_from_ept(pid: int, path: str | Path) -> pl.DataFrame:

@@ -9,9 +9,9 @@ from typing import Any
 
 import polars as pl
 
-from dedupx.exceptions import ProcessNotFound, QmpError
+from dedupx.exceptions import DedupxError, ProcessNotFound, QmpError
 from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
-from dedupx.qemu.gpa_map import GpaLayout, layout_from_cmdline, layout_from_qmp
+from dedupx.qemu.gpa_map import GpaLayout, layout_frame, layout_from_cmdline, layout_from_qmp
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,19 @@ def guest_layout(cfg: QemuConfig, vmas: pl.DataFrame, qmp: Path | None = None) -
         except QmpError:
             continue  # busy (QMP takes one client at a time) or gone: fall back
     return layout_from_cmdline(cfg, vmas)
+
+
+def guest_layouts(processes: pl.DataFrame, vmas: pl.DataFrame) -> pl.DataFrame | None:
+    """Every guest's guest-physical layout (``pid``, ``gpa``, ``hva``, ``block``,
+    ``source``): from QEMU over QMP where a socket its command line names answers (RAM
+    blocks of devices included), else from the command line; None without guests. A guest
+    that cannot be mapped is left out (its analyses say why)."""
+    parts = []
+    for pid, argv in processes.filter(pl.col("kind") == "vm").select("pid", "cmdline").iter_rows():
+        cfg = parse_qemu_cmdline(list(argv))
+        try:
+            layout = guest_layout(cfg, vmas.filter(pl.col("pid") == pid))
+        except DedupxError:
+            continue
+        parts.append(layout_frame(pid, layout))
+    return pl.concat(parts) if parts else None

@@ -8,6 +8,7 @@ import polars as pl
 
 from dedupx.analysis.containers import containers
 from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
+from dedupx.analysis.device_cost import device_costs
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
@@ -33,6 +34,7 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
         try:
             r["uss"] = uss_breakdown(f, pid, guest_frames=told)
             r["incremental_cost"] = incremental_cost(f, pid, guest_frames=told)
+            r["devices"] = device_costs(f, pid).to_dicts()
         except DedupxError as e:
             r["incremental_cost_error"] = str(e)
         if view is not None:

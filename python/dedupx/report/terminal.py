@@ -288,6 +288,23 @@ def cost_table(uss: dict[str, Any], cost: dict[str, Any]) -> Table:
     return t
 
 
+def device_table(devices: list[dict[str, Any]]) -> Table:
+    """Memory held by each emulated device's RAM blocks (the study's Table 6.5)."""
+    t = Table(title="Device memory (RAM blocks; device heap is not attributable)")
+    t.title_justify = "left"
+    for col in ("block", "device", "resident MiB", "PSS MiB", "freed if removed"):
+        t.add_column(col, justify="left" if col in ("block", "device") else "right")
+    for d in devices:
+        t.add_row(
+            escape(d["block"]),
+            d["device"],
+            _mib_pages(d["resident_pages"]),
+            f"{d['pss_mib']:,.1f}",
+            _mib_pages(d["uss_pages"]),
+        )
+    return t
+
+
 def _mib_pages(pages: int) -> str:
     return f"{pages_to_mib(pages):,.1f}"
 
@@ -303,6 +320,8 @@ def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
                 f"{uss['unique_contents']:,} contents found nowhere else; "
                 f"{uss['guest_not_backed']:,} guest pages not backed by host memory."
             )
+        if vm.get("devices"):
+            console.print(device_table(vm["devices"]))
         elif "incremental_cost_error" in vm:
             console.print(f"Incremental cost: {escape(vm['incremental_cost_error'])}")
         bloat = vm.get("bloat")

@@ -12,9 +12,9 @@ import polars as pl
 from dedupx import _dedupx
 from dedupx.model.coverage import HostCoverage
 from dedupx.model.process_kinds import classify_processes
-from dedupx.qemu.guests import find_guests
+from dedupx.qemu.guests import find_guests, guest_layouts
 from dedupx.sources.process import ProgressCallback
-from dedupx.store.parquet import write_frames
+from dedupx.store.parquet import FrameSource, write_frames
 from dedupx.store.snapshot import base_manifest
 
 # PFNs per frames chunk, and pages rows per Parquet part: a few MiB of columns at a time,
@@ -74,6 +74,7 @@ def snapshot(
     source = f"{src[0]}:{src[1]}" if src else "process_vm_readv (mapped pages only)"
     processes = classify_processes(pl.DataFrame(hs.processes()))
     vmas = pl.DataFrame(hs.vmas())
+    layouts = guest_layouts(processes, vmas)
     coverage = HostCoverage()
 
     def pages() -> Iterator[pl.DataFrame]:
@@ -113,11 +114,10 @@ def snapshot(
         m["processes"] = processes.height
         return m
 
-    return write_frames(
-        out,
-        {"processes": processes, "vmas": vmas, "pages": pages(), "frames": frames()},
-        manifest,
-    )
+    captured: dict[str, FrameSource] = {"processes": processes, "vmas": vmas}
+    if layouts is not None:
+        captured["gpa_map"] = layouts
+    return write_frames(out, {**captured, "pages": pages(), "frames": frames()}, manifest)
 
 
 __all__ = ["guest_files", "snapshot"]

@@ -70,9 +70,7 @@ class ProcessScan:
             )
         cfg = parse_qemu_cmdline(self.cmdline)
         layout = guest_layout(cfg, self.vmas, Path(qmp) if qmp is not None else None)
-        return gpa_map(self.pid, layout, self.pages).with_columns(
-            pl.lit(layout.source).alias("source")
-        )
+        return gpa_map(self.pid, layout, self.pages)
 
     @property
     def frames(self) -> pl.DataFrame:
