@@ -51,8 +51,10 @@ def test_scan_leaves_fork_shared_pages_shared(forked: tuple[int, int]) -> None:
     scan = dedupx.scan(parent)
     after = {pid: rollup(pid)["Pss"] for pid in forked}
     # A pinning read (process_vm_readv) would have given the parent private copies of the
-    # 1024 shared pages: 2 MiB more PSS for it, 2 MiB less for the child.
-    assert after == before, (before, after)
+    # 1024 shared pages: 2 MiB more PSS for it, 2 MiB less for the child. The interpreters
+    # may touch a page or two of their own meanwhile.
+    for pid in forked:
+        assert abs(after[pid] - before[pid]) <= 16 * 4096, (before, after)
     assert scan.stats["hashed_pfns"] == scan.stats["distinct_pfns"]
     shared = dedupx.footprint(scan).row(0, named=True)
     assert abs(shared["pss_bytes"] - after[parent]) <= 0.005 * after[parent]
