@@ -208,7 +208,16 @@ def test_report_renders_offline(capture: Capture, tmp_path: Path) -> None:
         assert all(m["rect mark"] == 9 and m["text mark"] == 9 for m in matrices)
 
     # Every table, and numbers the kernel gives independently: each guest's RSS.
-    for cls in ("groups", "processes", "matrix", "matrix-ksm", "cost", "duplicates", "ksm"):
+    for cls in (
+        "groups",
+        "processes",
+        "matrix",
+        "matrix-ksm",
+        "cost",
+        "devices",
+        "duplicates",
+        "ksm",
+    ):
         assert all(len(t.rows) > 1 for t in dom.tables[cls]), cls
     assert {"top", "density"} <= dom.tables.keys()
     groups = {r[0]: r for r in dom.tables["groups"][0].rows[1:]}

@@ -308,6 +308,19 @@ def vm_section(vm: dict[str, Any]) -> str:
         )
     elif "incremental_cost_error" in vm:
         out.append(f"<p class='note'>Incremental cost: {esc(vm['incremental_cost_error'])}</p>")
+    if vm.get("devices"):
+        devices = [
+            [
+                d["block"],
+                d["device"],
+                *num_cells(
+                    [pmib(d["resident_pages"]), f"{d['pss_mib']:,.1f}", pmib(d["uss_pages"])]
+                ),
+            ]
+            for d in vm["devices"]
+        ]
+        columns = ("RAM block", "device", "resident MiB", "PSS MiB", "freed if removed, MiB")
+        out.append(table(f"{name}: device memory", columns, devices, cls="devices"))
     if vm.get("guest_classes"):
         out.append(
             table(

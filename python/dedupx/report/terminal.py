@@ -66,7 +66,6 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     for cls in ("anon", "file", "shmem"):
         t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
     t.add_row("swap", _mib(r["swap_bytes"]), "", "")
-    t.add_row("PSS were KSM's merges undone", "", _mib(fp.get("pss_without_ksm_bytes", 0)), "")
     console.print(t)
 
     t = Table(title="Mapped pages by class", title_justify="left")
