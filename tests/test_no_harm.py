@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,14 @@ def test_scan_leaves_fork_shared_pages_shared(forked: tuple[int, int]) -> None:
     assert scan.stats["hashed_pfns"] == scan.stats["distinct_pfns"]
     shared = dedupx.footprint(scan).row(0, named=True)
     assert abs(shared["pss_bytes"] - after[parent]) <= 0.005 * after[parent]
+
+
+def test_host_snapshot_leaves_fork_shared_pages_shared(
+    forked: tuple[int, int], tmp_path: Path
+) -> None:
+    """The same for a whole-host snapshot, which reads every process's pages."""
+    before = {pid: rollup(pid)["Pss"] for pid in forked}
+    dedupx.snapshot(tmp_path / "snap")
+    after = {pid: rollup(pid)["Pss"] for pid in forked}
+    for pid in forked:
+        assert abs(after[pid] - before[pid]) <= 16 * 4096, (before, after)

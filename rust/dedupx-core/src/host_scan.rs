@@ -96,9 +96,8 @@ struct Candidate {
     pfn: u64,
     /// False sorts first, so a readable mapping is chosen as the reader when there is one.
     unreadable: bool,
-    /// Pagemap says the page is not exclusive to this mapping (see
-    /// `kpageflags::pin_would_unshare`).
-    shared: bool,
+    /// Pagemap's bit 56: the page is mapped once (see `kpageflags::pin_would_unshare`).
+    exclusive: bool,
     pid: u32,
     vaddr: u64,
 }
@@ -176,7 +175,7 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
     let mut tasks = Vec::with_capacity(pfns.len());
     let mut unpinned = BitVec::with_capacity(pfns.len());
     for (slot, c) in cands.iter().enumerate() {
-        unpinned.push(pin_would_unshare(flags[slot], c.shared));
+        unpinned.push(pin_would_unshare(flags[slot], c.exclusive));
         if kpageflags::has(flags[slot], KPF_ZERO_PAGE) {
             contents.hashes[slot] = zero_page_hash();
             contents.hashed[slot] = true;
@@ -272,7 +271,7 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
                     cands.push(Candidate {
                         pfn,
                         unreadable,
-                        shared: !e.exclusive(),
+                        exclusive: e.exclusive(),
                         pid,
                         vaddr,
                     });
