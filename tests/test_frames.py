@@ -95,7 +95,10 @@ def test_the_sources_agree(captures: dict[str, tuple[dedupx.Frames, LayoutProces
         assert within["row"] == "within"
         for key in ("anon_anon", "file_file", "anon_file", "total", "ksm_reachable"):
             assert within[key] == own[key], key
-    # The footprint of the process is the same in the scan and in the host snapshot.
+    # The footprint of the process is the same in the scan and in the host snapshot, taken
+    # a moment apart: the kernel may unmap and fault back a few page-cache pages of an idle
+    # process meantime (one fault-around window is 16 pages).
     a = dedupx.footprint(scan).row(0, named=True)
     b = dedupx.footprint(snap).filter(pl.col("pid") == lp.pid).row(0, named=True)
-    assert a["rss_bytes"] == b["rss_bytes"] and a["swap_bytes"] == b["swap_bytes"]
+    assert abs(a["rss_bytes"] - b["rss_bytes"]) <= 32 * 4096, (a["rss_bytes"], b["rss_bytes"])
+    assert a["swap_bytes"] == b["swap_bytes"]

@@ -33,10 +33,12 @@ def test_ksm_merges_what_dedupx_predicts(tmp_path: Path, thp: str) -> None:
         pss_before = rollup(guests[0].pid)["Pss"]
         with ksm_running():
             merged = wait_converged()
-            fp = dedupx.footprint(dedupx.scan(guests[0].pid)).row(0, named=True)
-            # Held still (run=0 keeps the merges), what each guest now has alone is what
-            # its incremental cost under KSM, predicted before KSM ran, said it would be.
+            # Held still (run=0 keeps the merges): a converged KSM keeps reshuffling its
+            # chains, which moves what a scan sees from one instant to the next.
             (KSM / "run").write_text("0")
+            fp = dedupx.footprint(dedupx.scan(guests[0].pid)).row(0, named=True)
+            # What each guest now has alone is what its incremental cost under KSM,
+            # predicted before KSM ran, said it would be.
             after = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "after-ksm"))
         assert fp["pss_bytes"] < fp["pss_without_ksm_bytes"]
         if thp == "never":
