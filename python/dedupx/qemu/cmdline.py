@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dedupx.exceptions import ProcParseError
+
 SIZE_SUFFIX = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "B": 1}
 
 
@@ -47,10 +49,13 @@ def is_qemu(argv: list[str]) -> bool:
 
 
 def parse_size(text: str, default_unit: str = "M") -> int:
-    """QEMU sizes: a number with an optional K/M/G/T suffix (MiB for -m without one)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTB]?)i?[bB]?\s*", text, re.IGNORECASE)
+    """QEMU sizes: a number with an optional K/M/G/T suffix (MiB for -m without one).
+    Raises ``ProcParseError`` (a ValueError) for anything else, 30 digits at most: a
+    command line is read from /proc, and one that does not parse must not crash a scan."""
+    size = r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([KMGTB]?)i?[bB]?\s*"
+    m = re.fullmatch(size, text, re.IGNORECASE)
     if not m:
-        raise ValueError(f"not a size: {text!r}")
+        raise ProcParseError(f"not a size in a QEMU command line: {text[:40]!r}")
     unit = m.group(2).upper() or default_unit
     return int(float(m.group(1)) * SIZE_SUFFIX[unit])
 
@@ -124,7 +129,7 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
                 monitors.append(o["chardev"])
         elif opt == "object" and val.startswith("memory-backend-"):
             o = parse_opts(val, "type")
-            kind = o["type"].removeprefix("memory-backend-")
+            kind = o.get("type", "").removeprefix("memory-backend-")
             backends.append(
                 MemoryBackend(
                     id=o.get("id", ""),

@@ -1,64 +1,112 @@
 """A client of the QEMU guest agent (QGA): sync, commands, and reading a guest's files.
 
 dedupx.sources.guest_view reads a guest's page flags through it (`--qga SOCKET`).
+
+The agent runs inside the guest, so whatever it sends is treated as hostile: every call
+has a deadline, a file read is capped in bytes and in rounds, and replies of the wrong
+type, bad base64 and the like raise ``QmpError`` rather than a Python traceback.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
 
-from dedupx.qemu.json_socket import JsonLineSocket
+from dedupx.qemu.json_socket import MAX_LINE, JsonLineSocket
 
 CHUNK = 1 << 20
+# A file read's default cap: far above any text file dedupx reads through the agent.
+DEFAULT_FILE_CAP = 64 << 20
 
 
 class Qga(JsonLineSocket):
-    """One connection to a guest agent; failures raise ``QmpError`` naming the socket."""
+    """One connection to a guest agent; failures raise ``QmpError`` naming the socket.
+
+    ``timeout`` bounds each call (request and whole answer), the sync included."""
 
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         super().__init__(path, "guest agent", timeout)
-        self._sync()
+        try:
+            self._sync()
+        except BaseException:
+            self.close()
+            raise
 
     def _sync(self) -> None:
         """guest-sync-delimited: the agent answers after a 0xFF byte, which marks where
-        whatever an earlier client left in the channel ends."""
+        whatever an earlier client left in the channel ends. What comes before it is
+        discarded, up to ``MAX_LINE`` bytes and within one deadline."""
+        deadline = self.deadline()
         token = random.randrange(1, 2**31)
         self.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        discarded = 0
         while True:
-            b = self.recv_some()
+            b = self.recv_some(deadline)
             if b"\xff" in b:
-                self.buf = b.split(b"\xff", 1)[1]
+                self.buf = bytearray(b.split(b"\xff", 1)[1])
                 break
-        if self._result() != token:
-            raise self.fail("did not echo the sync token")
+            discarded += len(b)
+            if discarded > MAX_LINE:
+                raise self.broke(
+                    f"sent {discarded >> 20} MiB without the 0xFF sync byte: not a guest agent"
+                )
+        if self._result(deadline) != token:
+            raise self.broke("did not echo the sync token")
 
-    def _result(self) -> Any:
-        msg = self.read_message()
+    def _result(self, deadline: float) -> Any:
+        msg = self.read_message(deadline)
         if "error" in msg:
             err = msg["error"]
-            raise self.fail(str(err.get("desc", err) if isinstance(err, dict) else err))
+            desc = err.get("desc", err) if isinstance(err, dict) else err
+            raise self.fail(str(desc)[:200])
         if "return" not in msg:
-            raise self.fail("reply without a result")
+            raise self.broke("reply without a result")
         return msg["return"]
 
     def execute(self, command: str, **args: Any) -> Any:
+        deadline = self.deadline()
         self.send({"execute": command, **({"arguments": args} if args else {})})
-        return self._result()
+        return self._result(deadline)
 
-    def read_file(self, path: str) -> bytes:
+    def read_file(self, path: str, max_bytes: int = DEFAULT_FILE_CAP) -> bytes:
+        """The whole of the guest file ``path``. A guest that never reports EOF is stopped
+        at ``max_bytes`` (and at as many rounds as reading that much can take), so a read
+        costs at most that much memory and rounds x ``timeout`` seconds."""
         handle = self.execute("guest-file-open", path=path, mode="r")
+        if not isinstance(handle, int) or isinstance(handle, bool):
+            raise self.fail(f"guest-file-open {path}: the handle is not an integer")
         out = bytearray()
+        max_rounds = 4 * (max_bytes // CHUNK + 1) + 16
         try:
-            while True:
+            for _ in range(max_rounds):
                 r = self.execute("guest-file-read", handle=handle, count=CHUNK)
-                out += base64.b64decode(r.get("buf-b64", ""))
-                if r.get("eof") or not r.get("count"):
+                if not isinstance(r, dict):
+                    raise self.fail(f"guest-file-read {path}: the reply is not an object")
+                b64, eof, count = r.get("buf-b64", ""), r.get("eof", False), r.get("count", 0)
+                if not isinstance(b64, str) or not isinstance(count, int):
+                    raise self.fail(f"guest-file-read {path}: buf-b64 or count of the wrong type")
+                if len(b64) // 4 * 3 > max_bytes - len(out) + 3:
+                    raise self.fail(f"{path} is longer than {max_bytes} bytes, the cap")
+                try:
+                    out += base64.b64decode(b64, validate=True)
+                except (binascii.Error, ValueError):
+                    raise self.fail(f"guest-file-read {path}: buf-b64 is not base64") from None
+                if len(out) > max_bytes:
+                    raise self.fail(f"{path} is longer than {max_bytes} bytes, the cap")
+                if eof or not count:
                     break
-        finally:
-            self.execute("guest-file-close", handle=handle)
+            else:
+                raise self.fail(f"{path}: no end of file after {max_rounds} reads")
+        except BaseException:
+            if not self.broken:
+                with contextlib.suppress(Exception):
+                    self.execute("guest-file-close", handle=handle)
+            raise
+        self.execute("guest-file-close", handle=handle)
         return bytes(out)
 
     def __enter__(self) -> Qga:

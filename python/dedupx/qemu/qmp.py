@@ -22,9 +22,12 @@ class Qmp(JsonLineSocket):
         self.execute("qmp_capabilities")
 
     def execute(self, command: str, **args: Any) -> Any:
+        """The answer to ``command``; events before it are skipped, all within one deadline
+        (a stream of events must not hold the call open forever)."""
+        deadline = self.deadline()
         self.send({"execute": command, **({"arguments": args} if args else {})})
         while True:
-            msg = self.read_message()
+            msg = self.read_message(deadline)
             if "event" in msg:
                 continue
             if "error" in msg:

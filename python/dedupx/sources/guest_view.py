@@ -17,9 +17,12 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.exceptions import CorruptAgentFile, QmpError
+from dedupx.exceptions import CorruptAgentFile, ProcParseError, QmpError
 from dedupx.model.page_classes import guest_class
 from dedupx.qemu.qga import Qga
+
+# The cap on a text file read through the agent (meminfo is a few KiB).
+TEXT_CAP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,39 +49,107 @@ class GuestView:
 
 def read_guest_agent(path: str | os.PathLike[str]) -> GuestView:
     """A file dedupx-agent wrote inside a guest (flags, counts, meminfo, MGLRU state and
-    kcore page hashes). Raises ``CorruptAgentFile`` for a damaged one."""
+    kcore page hashes). Raises ``CorruptAgentFile`` for a damaged one, its metadata
+    included: the guest wrote it, so its shape is checked before any analysis reads it."""
     raw = _dedupx.read_agent_file(os.fspath(path))
     try:
         meta = json.loads(raw["meta_json"])
+    except RecursionError:
+        raise CorruptAgentFile(f"{path}: its metadata is JSON nested too deep") from None
     except ValueError:
         raise CorruptAgentFile(f"{path}: its metadata is not JSON") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise CorruptAgentFile(f"{path}: its metadata {problem}")
     frames = pl.DataFrame(raw["frames"]).with_columns(guest_class().alias("class"))
     return GuestView(Path(path), meta, frames)
 
 
+# Metadata fields the analyses read, and the types they may have (None: the field is null).
+_META_TEXT = ("created_by", "kernel", "lru_gen", "hash_source", "hash_error")
+_META_COUNTS = ("meminfo_kb", "meminfo_before_kb")
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with the shape of agent metadata, or None if the analyses can use it."""
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    for key in _META_TEXT:
+        v = meta.get(key)
+        if v is not None and not isinstance(v, str):
+            return f"field {key!r} is not text"
+    for key in _META_COUNTS:
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            return f"field {key!r} is not an object"
+        for k, n in v.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                return f"field {key!r} has a non-count value for {str(k)[:40]!r}"
+    return None
+
+
 def _meminfo_kb(text: str) -> dict[str, int]:
+    """/proc/meminfo's ``Key: value [kB]`` lines. Raises ``ProcParseError`` for a value
+    that is not a plain decimal count (the text may come from a hostile guest)."""
     out = {}
     for line in text.splitlines():
         k, _, v = line.partition(":")
-        if v.split():
-            out[k.strip()] = int(v.split()[0])
+        words = v.split()
+        if not words:
+            continue
+        if not (words[0].isascii() and words[0].isdigit() and len(words[0]) <= 20):
+            raise ProcParseError(f"meminfo line {line[:60]!r} does not end in a count")
+        out[k.strip()] = int(words[0])
     return out
 
 
-def read_guest_qga(path: str | os.PathLike[str]) -> GuestView:
+def _kpage_cap(mem_total_kb: int | None, max_guest_ram: int) -> int:
+    """The most bytes /proc/kpageflags (or kpagecount) of a guest may have: 8 per page
+    frame up to its highest PFN. That is above its RAM by the holes below 4 GiB and what
+    the kernel keeps back from MemTotal: allow twice MemTotal plus 4 GiB, and never more
+    than ``max_guest_ram`` (MemTotal comes from the guest too) plus those 4 GiB."""
+    ram = max_guest_ram if mem_total_kb is None else min(2 * mem_total_kb << 10, max_guest_ram)
+    return 8 * ((ram + (4 << 30)) // 4096)
+
+
+def read_guest_qga(
+    path: str | os.PathLike[str], timeout: float = 30.0, max_guest_ram: int = 64 << 30
+) -> GuestView:
     """The guest's page flags and counts, meminfo (just before and just after) and MGLRU
     state, read through its QEMU guest agent (the agent's file commands, as root in the
-    guest); a ``GuestView`` without hashes (those need dedupx-agent)."""
+    guest); a ``GuestView`` without hashes (those need dedupx-agent).
+
+    The guest controls the agent, so each agent call must finish within ``timeout``
+    seconds and the page arrays are capped at what ``max_guest_ram`` bytes of RAM need;
+    whatever the guest does wrong raises ``QmpError`` naming the socket."""
     sock = Path(path)
-    with Qga(sock) as q:
-        kernel = q.read_file("/proc/sys/kernel/osrelease").decode().strip()
-        before = _meminfo_kb(q.read_file("/proc/meminfo").decode())
-        flags = q.read_file("/proc/kpageflags")
-        counts = q.read_file("/proc/kpagecount")
-        after = _meminfo_kb(q.read_file("/proc/meminfo").decode())
+    with Qga(sock, timeout=timeout) as q:
+
+        def text(name: str) -> str:
+            try:
+                return q.read_file(name, max_bytes=TEXT_CAP).decode()
+            except UnicodeDecodeError:
+                raise q.fail(f"the guest's {name} is not UTF-8 text") from None
+
+        def meminfo() -> dict[str, int]:
+            try:
+                return _meminfo_kb(text("/proc/meminfo"))
+            except ProcParseError as e:
+                raise q.fail(f"the guest's /proc/meminfo: {e}") from None
+
+        kernel = text("/proc/sys/kernel/osrelease").strip()
+        before = meminfo()
+        cap = _kpage_cap(before.get("MemTotal"), max_guest_ram)
+        flags = q.read_file("/proc/kpageflags", max_bytes=cap)
+        counts = q.read_file("/proc/kpagecount", max_bytes=cap)
+        after = meminfo()
         try:
-            lru_gen: str | None = q.read_file("/sys/kernel/mm/lru_gen/enabled").decode().strip()
+            lru_gen: str | None = text("/sys/kernel/mm/lru_gen/enabled").strip()
         except QmpError:
+            if q.broken:  # the channel failed, not just a kernel without MGLRU
+                raise
             lru_gen = None
     if len(flags) % 8 or len(flags) != len(counts) or not flags:
         raise QmpError(f"guest agent on {sock} returned kpageflags/kpagecount of odd sizes")

@@ -1,0 +1,70 @@
+"""Property tests: the parsers of text dedupx does not write (a QEMU command line, QEMU's
+`info mtree -f`, a guest's /proc/meminfo) either return or raise a DedupxError, whatever
+the text. Kept short (200 examples each) so that CI stays fast."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dedupx.exceptions import DedupxError
+from dedupx.qemu.cmdline import parse_qemu_cmdline
+from dedupx.qemu.gpa_map import parse_mtree_ram
+from dedupx.sources.guest_view import _meminfo_kb
+
+EXAMPLES = settings(max_examples=200, deadline=None)
+OPTIONS = st.sampled_from(
+    ["-name", "-m", "-machine", "-M", "-accel", "-qmp", "-chardev", "-mon", "-object",
+     "-drive", "-blockdev", "-hda", "-cdrom", "-enable-kvm", "-S"]
+)  # fmt: skip
+VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["memory-backend-", "memory-backend-ram,", "size=", "unix:", ",,", "="]
+    ).flatmap(lambda p: st.text(max_size=20).map(lambda t: p + t)),
+    st.from_regex(r"[0-9]{1,400}(\.[0-9]+)?[KMGTBkmgtb]?", fullmatch=True),
+)
+MTREE = st.lists(
+    st.one_of(
+        st.text(max_size=60),
+        st.sampled_from(["FlatView #0", ' AS "memory", root: system', "FlatView #1"]),
+        st.from_regex(
+            r"  [0-9a-f]{1,20}-[0-9a-f]{1,20} \(prio -?[0-9], (ram|rom|romd|i/o)\): \S+",
+            fullmatch=True,
+        ),
+    ),
+    max_size=12,
+).map("\n".join)
+MEMINFO = st.lists(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"[A-Za-z()_]{1,12}: +[0-9]{0,30} ?(kB)?", fullmatch=True),
+    ),
+    max_size=12,
+).map("\n".join)
+
+
+def returns_or_dedupx_error(fn: Callable[..., object], *args: object) -> None:
+    with contextlib.suppress(DedupxError):
+        fn(*args)
+
+
+@EXAMPLES
+@given(st.lists(st.one_of(OPTIONS, VALUES), max_size=12))
+def test_qemu_cmdline_never_crashes(args: list[str]) -> None:
+    returns_or_dedupx_error(parse_qemu_cmdline, ["qemu-system-x86_64", *args])
+
+
+@EXAMPLES
+@given(MTREE)
+def test_mtree_never_crashes(text: str) -> None:
+    returns_or_dedupx_error(parse_mtree_ram, text)
+
+
+@EXAMPLES
+@given(MEMINFO)
+def test_meminfo_never_crashes(text: str) -> None:
+    returns_or_dedupx_error(_meminfo_kb, text)
