@@ -131,6 +131,12 @@ def test_killed_snapshot_leaves_nothing_complete(tmp_path: Path) -> None:
     for p in [out, *partial]:
         with pytest.raises(CorruptSnapshot):
             dedupx.open_snapshot(p)
+    # The next snapshot to the same place removes what the killed one left, and says so.
+    res = run_cli("snapshot", "-o", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert f"removed {partial[0]}" in res.stderr
+    assert not list(tmp_path.glob(".killed.snap.*.partial"))
+    dedupx.open_snapshot(out)
 
 
 def small_snapshot(tmp_path: Path) -> Path:

@@ -35,7 +35,7 @@ from dedupx.sources.guest_view import GuestView, read_guest_agent, read_guest_qg
 from dedupx.sources.host import snapshot
 from dedupx.sources.image import FORMATS, image_snapshot
 from dedupx.sources.process import ProcessScan, ProgressCallback, scan, scan_largest
-from dedupx.store.parquet import write_frames
+from dedupx.store.parquet import remove_stale_partials, write_frames
 from dedupx.store.snapshot import base_manifest, open_snapshot
 
 STAGES = {
@@ -253,7 +253,14 @@ def save_scan(
     manifest["pid"] = result.pid
     manifest["comm"] = result.comm
     manifest["scan"] = result.stats
+    clean_stale(out)
     write_frames(out, frames, manifest)
+
+
+def clean_stale(out: str) -> None:
+    """Removes what earlier, killed writes of ``out`` left behind, and says so."""
+    for p in remove_stale_partials(out):
+        click.echo(f"dedupx: removed {p}, left by a snapshot that was killed", err=True)
 
 
 def default_snapshot_dir() -> str:
@@ -285,6 +292,7 @@ def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str |
     out = output or default_snapshot_dir()
 
     def work() -> None:
+        clean_stale(out)
         with progress_bar(not quiet) as update:
             path = snapshot(out, threads=threads, progress=update, proc_root=proc_root)
         m = open_snapshot(path).provenance.manifest
@@ -321,6 +329,7 @@ def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quie
     out = output or f"{file}.dedupx"
 
     def work() -> None:
+        clean_stale(out)
         with progress_bar(not quiet) as update:
             path = image_snapshot(file, out, format=fmt, threads=threads, progress=update)
         m = open_snapshot(path).provenance.manifest

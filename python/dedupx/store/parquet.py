@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import polars as pl
 from dedupx.exceptions import OutputError
 
 FrameSource = pl.DataFrame | Iterable[pl.DataFrame]
+# Inside a temporary directory: the PID of the process writing it.
+OWNER = ".owner"
 
 
 def write_frames(
@@ -28,9 +32,11 @@ def write_frames(
     counts added, into ``target``. ``manifest`` may be a function, called once the frames
     are written (for figures only known then).
 
-    Everything goes into a hidden temporary sibling first, which is renamed into place
-    only when complete: a full disk or a kill leaves no directory that looks finished.
-    Files are 0600 because they hold hashes of memory and command lines.
+    Everything goes into a hidden temporary sibling first (holding an ``.owner`` file with
+    this process's PID), which is renamed into place only when complete and durable: every
+    file and directory is fsynced before the rename, and the parent after it, so neither a
+    kill nor a power loss leaves a directory that looks finished but is not. Files are 0600
+    because they hold hashes of memory and command lines.
     """
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -39,6 +45,7 @@ def write_frames(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+        (tmp / OWNER).write_text(str(os.getpid()))
     except OSError as e:
         raise OutputError(f"cannot create {target}: {e.strerror}") from None
     try:
@@ -54,6 +61,7 @@ def write_frames(
                 for i, chunk in enumerate(frame):
                     _write_part(chunk, tmp / name / f"part-{i:05d}.parquet")
                     rows[name] += chunk.height
+                _fsync_dir(tmp / name)
                 files[name] = name
         mpath = tmp / "manifest.json"
         with open(mpath, "w", encoding="utf-8") as f:
@@ -62,9 +70,12 @@ def write_frames(
             f.flush()
             os.fsync(f.fileno())
         os.chmod(mpath, 0o600)
+        (tmp / OWNER).unlink()
+        _fsync_dir(tmp)
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()  # an empty directory the user made for us
         os.rename(tmp, target)
+        _fsync_dir(parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
@@ -81,3 +92,52 @@ def _write_part(frame: pl.DataFrame, path: Path) -> None:
         # polars reports a full disk as a ComputeError wrapping the OS error.
         raise OSError(str(e).splitlines()[0]) from None
     os.chmod(path, 0o600)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes a directory's entries durable (the files in it are fsynced one by one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(target: str | os.PathLike[str]) -> list[Path]:
+    """Removes the temporary directories that earlier writes of ``target`` left behind
+    when they were killed: those whose owner process is gone (a write in progress is left
+    alone). Returns what it removed."""
+    target = Path(target)
+    removed = []
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        try:
+            owner = int((tmp / OWNER).read_text())
+        except (OSError, ValueError):
+            owner = 0  # none recorded: just made, or made by a dedupx that did not record one
+        if (owner and _alive(owner)) or (not owner and _younger_than(tmp, 60.0)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
