@@ -22,6 +22,9 @@ pub enum LimeError {
     BadVersion(u64, u32),
     #[error("record at byte {0} has its end address before its start")]
     BadRange(u64),
+    /// An inclusive end of 2^64 - 1 from 0 is 2^64 bytes: no u64 holds the length.
+    #[error("record at byte {at} covers {start:#x}..={end:#x}, the whole address space")]
+    WholeAddressSpace { at: u64, start: u64, end: u64 },
     #[error("record at byte {at} needs {need} bytes but the file ends first")]
     Truncated { at: u64, need: u64 },
     #[error("cannot read: {0}")]
@@ -57,8 +60,11 @@ pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeErr
         if end < start {
             return Err(LimeError::BadRange(at));
         }
-        let len = end - start + 1; // LiME's end address is inclusive
-        let data = at + HEADER_LEN;
+        // LiME's end address is inclusive; 0..=2^64-1 would wrap to a length of 0.
+        let Some(len) = (end - start).checked_add(1) else {
+            return Err(LimeError::WholeAddressSpace { at, start, end });
+        };
+        let data = at + HEADER_LEN; // at <= file_len - HEADER_LEN: no wrap
         if file_len - data < len {
             return Err(LimeError::Truncated {
                 at,
@@ -70,7 +76,7 @@ pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeErr
             len,
             offset: data,
         });
-        at = data + len;
+        at = data + len; // data + len <= file_len, checked above
     }
     Ok(out)
 }
