@@ -51,7 +51,8 @@ pub fn image_to_py(err: ImageError) -> PyErr {
         | ImageError::BadFormat { .. }
         | ImageError::Overlap { .. }
         | ImageError::Misaligned { .. }
-        | ImageError::Empty { .. } => CorruptImage::new_err(msg),
+        | ImageError::Empty { .. }
+        | ImageError::Implausible { .. } => CorruptImage::new_err(msg),
     }
 }
 
