@@ -264,4 +264,25 @@ mod tests {
         assert!(matches!(e, ImageError::BadFormat { .. }), "{e}");
         assert!(e.to_string().contains("whole address space"), "{e}");
     }
+
+    #[test]
+    fn refuses_segments_sharing_file_bytes_to_declare_far_more_than_the_file() {
+        // 300 segments at distinct addresses, all of the same 4 MiB of the file: 1.2 GiB
+        // declared, all "stored", from a 4 MiB file.
+        let len = 1024 * PAGE;
+        let loads: Vec<LoadSegment> = (0..300)
+            .map(|i| LoadSegment {
+                vaddr: 0,
+                paddr: i * len,
+                offset: 5 * PAGE,
+                filesz: len,
+                memsz: len,
+            })
+            .collect();
+        let mut bytes = build_core_header(&loads);
+        bytes.resize((5 * PAGE + len) as usize, 3);
+        let e = refused_quickly("shared", &bytes);
+        assert!(matches!(e, ImageError::Implausible { .. }), "{e}");
+        assert!(e.to_string().contains("share file bytes"), "{e}");
+    }
 }

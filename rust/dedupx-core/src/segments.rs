@@ -17,6 +17,9 @@
 //!   of allocating gigabytes (or aborting on a failed allocation). QEMU writes every byte
 //!   (`p_filesz == p_memsz`); makedumpfile's ELF output drops excluded zero pages from
 //!   segment ends, which a 64x ratio leaves room for (a dump 1/64 of the RAM it covers).
+//! * The same bound holds for all the memory declared: ELF segments may point at the same
+//!   file bytes, so a 4 MiB core with 65535 program headers could otherwise declare
+//!   256 GiB, all of it "stored". No producer reuses file bytes; this costs them nothing.
 
 use std::path::Path;
 
@@ -57,6 +60,7 @@ pub(crate) fn validate(
         detail,
     };
     let mut zero_tail = 0u64;
+    let mut declared = 0u64;
     for s in &segs {
         if s.paddr % PAGE != 0 || s.len % PAGE != 0 {
             return Err(ImageError::Misaligned {
@@ -97,7 +101,10 @@ pub(crate) fn validate(
             });
         }
         // Both below 2^52 (len checked above): the sum cannot wrap.
-        zero_tail += s.len.saturating_sub(s.stored);
+        zero_tail = zero_tail.saturating_add(s.len.saturating_sub(s.stored));
+        // Up to 2^32 program headers (PN_XNUM) of up to 2^52 bytes each: the sums may
+        // pass 2^64, and saturating is enough, any saturated sum is past the allowance.
+        declared = declared.saturating_add(s.len);
     }
     let allowance = file_len
         .saturating_mul(MAX_ZERO_TAIL_RATIO)
@@ -107,6 +114,13 @@ pub(crate) fn validate(
             "its ranges declare {zero_tail} bytes of zero-filled memory beyond what the file \
              stores, more than {MAX_ZERO_TAIL_RATIO} x its {file_len} bytes (at least \
              {MIN_ZERO_TAIL_ALLOWANCE} allowed)"
+        )));
+    }
+    if declared > allowance {
+        return Err(implausible(format!(
+            "its ranges declare {declared} bytes of memory in all, more than \
+             {MAX_ZERO_TAIL_RATIO} x its {file_len} bytes (at least {MIN_ZERO_TAIL_ALLOWANCE} \
+             allowed): ranges share file bytes"
         )));
     }
     segs.sort_by_key(|s| s.paddr);
