@@ -68,7 +68,8 @@ pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeErr
         if file_len - data < len {
             return Err(LimeError::Truncated {
                 at,
-                need: HEADER_LEN + len,
+                // len may be up to 2^64 - 1 (found by fuzzing: 3..=2^64-1 overflowed here)
+                need: len.saturating_add(HEADER_LEN),
             });
         }
         out.push(LimeRange {
@@ -79,4 +80,57 @@ pub fn read_ranges(file: &File, file_len: u64) -> Result<Vec<LimeRange>, LimeErr
         at = data + len; // data + len <= file_len, checked above
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phys_image::test_files::write_temp;
+
+    fn ranges_of(name: &str, bytes: &[u8]) -> Result<Vec<LimeRange>, LimeError> {
+        let path = write_temp(name, bytes);
+        let file = File::open(&path).expect("open");
+        std::fs::remove_file(&path).ok();
+        read_ranges(&file, bytes.len() as u64)
+    }
+
+    fn header(start: u64, end: u64) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&LIME_MAGIC.to_le_bytes());
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&start.to_le_bytes());
+        h.extend_from_slice(&end.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn refuses_ranges_that_wrap() {
+        assert_eq!(
+            ranges_of("lime-whole", &header(0, u64::MAX)),
+            Err(LimeError::WholeAddressSpace {
+                at: 0,
+                start: 0,
+                end: u64::MAX
+            })
+        );
+        // Fuzzer crash: 3..=2^64-1 is 2^64-3 bytes; the error's "need" overflowed.
+        assert_eq!(
+            ranges_of("lime-huge", &header(3, u64::MAX)),
+            Err(LimeError::Truncated {
+                at: 0,
+                need: u64::MAX
+            })
+        );
+        let mut two = header(0, 4095);
+        two.extend(std::iter::repeat_n(9u8, 4096));
+        assert_eq!(
+            ranges_of("lime-ok", &two),
+            Ok(vec![LimeRange {
+                paddr: 0,
+                len: 4096,
+                offset: 32
+            }])
+        );
+    }
 }
