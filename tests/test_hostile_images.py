@@ -62,6 +62,15 @@ HOSTILE = [
         ["physical address limit"],
     ),
     (
+        # 300 ranges over the same 4 MiB of the file: 1.2 GiB declared, all "stored".
+        "shared.elf",
+        core(
+            [(i << 22, 5 * PAGE, 1 << 22, 1 << 22) for i in range(300)],
+            size=5 * PAGE + (1 << 22),
+        ),
+        ["share file bytes"],
+    ),
+    (
         "whole-space.lime",
         struct.pack("<IIQQQ", 0x4C694D45, 1, 0, 2**64 - 1, 0) + bytes(PAGE),
         ["whole address space"],
