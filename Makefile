@@ -48,12 +48,14 @@ agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknow
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu
 
 # Long runs, never part of `make test`. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP
-# lets the stable toolchain accept them. FUZZ_SECONDS per target; new inputs found go to
-# fuzz/corpus/TARGET (commit only small ones), crashes to fuzz/artifacts/TARGET.
+# lets the stable toolchain accept them. FUZZ_SECONDS per target. The committed seeds in
+# fuzz/corpus/TARGET are read; new inputs go to fuzz/corpus-run/TARGET (git-ignored; copy
+# only small, telling ones into the seeds), crashes to fuzz/artifacts/TARGET.
 FUZZ_TARGETS ?= elf_core lime image iomem agent_file smaps
 FUZZ_SECONDS ?= 600
 fuzz: ## fuzz the parsers of untrusted input, FUZZ_SECONDS (600) per target (cargo install cargo-fuzz)
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- \
+		mkdir -p corpus-run/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus-run/$$t corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
