@@ -86,6 +86,15 @@ pub enum ImageError {
     /// `p_filesz`) out of proportion to the file. Refused before anything is allocated.
     #[error("{path} is not a plausible memory image: {detail}")]
     Implausible { path: PathBuf, detail: String },
+    /// The frame table (about 25 bytes per page) could not be allocated: reported rather
+    /// than aborting the process. Sparse files can declare memory whose holes cost nothing
+    /// on disk, so plausibility checks alone do not bound it.
+    #[error("cannot allocate the frame table of {path}: {pages} pages need {bytes} bytes")]
+    TooLarge {
+        path: PathBuf,
+        pages: u64,
+        bytes: u64,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

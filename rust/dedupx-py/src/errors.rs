@@ -42,9 +42,10 @@ pyo3::import_exception!(dedupx.exceptions, CorruptImage);
 pub fn image_to_py(err: ImageError) -> PyErr {
     let msg = err.to_string();
     match err {
-        ImageError::Open { .. } | ImageError::Io { .. } | ImageError::ThreadPool(_) => {
-            DedupxIOError::new_err(msg)
-        }
+        ImageError::Open { .. }
+        | ImageError::Io { .. }
+        | ImageError::ThreadPool(_)
+        | ImageError::TooLarge { .. } => DedupxIOError::new_err(msg),
         ImageError::Interrupted => PyKeyboardInterrupt::new_err(msg),
         ImageError::Plan(_) => PyRuntimeError::new_err(msg),
         ImageError::Truncated { .. }
