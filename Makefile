@@ -5,7 +5,7 @@ PYTHON ?= python3
 PID ?=
 APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio chromium
 
-.PHONY: help setup build run test test-rs test-py lint bench fmt agent
+.PHONY: help setup build run test test-rs test-py lint bench fmt agent fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -46,3 +46,16 @@ bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 
 
 agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknown-linux-gnu/release/)
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu
+
+# Long runs, never part of `make test`. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP
+# lets the stable toolchain accept them. FUZZ_SECONDS per target. The committed seeds in
+# fuzz/corpus/TARGET are read; new inputs go to fuzz/corpus-run/TARGET (git-ignored; copy
+# only small, telling ones into the seeds), crashes to fuzz/artifacts/TARGET.
+FUZZ_TARGETS ?= elf_core lime image iomem agent_file smaps
+FUZZ_SECONDS ?= 600
+fuzz: ## fuzz the parsers of untrusted input, FUZZ_SECONDS (600) per target (cargo install cargo-fuzz)
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p corpus-run/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus-run/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done

@@ -71,7 +71,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), String> {
     let root = &args.proc_root;
     let iomem_text = read_text(&root.join("iomem"))?;
-    let ram = iomem::system_ram(&iomem_text);
+    let ram = iomem::system_ram(&iomem_text)
+        .map_err(|e| format!("{} line {}: {e}", root.join("iomem").display(), e.line()))?;
     let max_pfn = ram.iter().map(|&(_, end)| end / 4096).max().unwrap_or(0);
     if max_pfn == 0 {
         return Err(format!(

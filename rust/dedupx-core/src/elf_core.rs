@@ -90,7 +90,11 @@ pub fn read_load_segments(file: &File, file_len: u64) -> Result<Vec<LoadSegment>
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), ElfError> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+        // An offset from the header (e_phoff, e_shoff) near 2^64 must not wrap to the start.
+        let at = offset
+            .checked_add(filled as u64)
+            .ok_or(ElfError::Truncated)?;
+        match file.read_at(&mut buf[filled..], at) {
             Ok(0) => return Err(ElfError::Truncated),
             Ok(n) => filled += n,
             Err(e) => return Err(ElfError::Io(e.to_string())),

@@ -13,6 +13,26 @@ use crate::read_plan::{consecutive, ReadPlan};
 /// rather than all at once.
 const PLAN_PAGES: usize = 1 << 18;
 
+/// Bytes of table per page while hashing: PFN 8, hash 16, "hashed" flag 1.
+const TABLE_BYTES_PER_PAGE: u64 = 25;
+
+/// Type of the arrays sized by an image's page count: PFNs, hashes, "hashed" flags.
+type Table = (Vec<u64>, Vec<[u8; 16]>, Vec<bool>);
+
+/// Allocates the arrays for `total` pages, or None if the allocator refuses (instead of
+/// aborting the process, as `vec!` and `with_capacity` do).
+fn alloc_table(total: usize) -> Option<Table> {
+    let mut pfn = Vec::new();
+    let mut hashes = Vec::new();
+    let mut hashed = Vec::new();
+    pfn.try_reserve_exact(total).ok()?;
+    hashes.try_reserve_exact(total).ok()?;
+    hashed.try_reserve_exact(total).ok()?;
+    hashes.resize(total, [0u8; 16]);
+    hashed.resize(total, false);
+    Some((pfn, hashes, hashed))
+}
+
 /// One row per physical page of an image: pfn, hash (16 bytes each), zero.
 #[derive(Debug, Default)]
 pub struct FrameTable {
@@ -44,9 +64,12 @@ impl PhysImage {
         progress: &(dyn Fn(u64, u64) -> bool + Sync),
     ) -> Result<FrameTable, ImageError> {
         let total = self.pages() as usize;
-        let mut pfn = Vec::with_capacity(total);
-        let mut hashes = vec![[0u8; 16]; total];
-        let mut hashed = vec![false; total];
+        let (mut pfn, mut hashes, mut hashed) =
+            alloc_table(total).ok_or_else(|| ImageError::TooLarge {
+                path: self.path.clone(),
+                pages: total as u64,
+                bytes: (total as u64).saturating_mul(TABLE_BYTES_PER_PAGE),
+            })?;
         let source = PhysPages {
             image: self,
             on_error: ReadFailure::Fails,
@@ -125,6 +148,14 @@ mod tests {
         assert_eq!(t.hash(2), zero_page_hash());
         assert!(!t.zero.get(0) && t.zero.get(1) && t.zero.get(2));
         std::fs::remove_file(path).ok();
+    }
+
+    #[test]
+    fn a_table_too_large_to_allocate_is_refused_not_aborted() {
+        // 2^60 pages: 2^64 bytes of hashes, past isize::MAX, refused without allocating.
+        assert!(alloc_table(1 << 60).is_none());
+        let (pfn, hashes, hashed) = alloc_table(3).expect("small table");
+        assert_eq!((pfn.capacity(), hashes.len(), hashed.len()), (3, 3, 3));
     }
 
     #[test]

@@ -96,7 +96,10 @@ pub fn parse_smaps(text: &str, path: &Path) -> Result<Vec<Vma>> {
             let vma = vmas
                 .last_mut()
                 .ok_or_else(|| err("field before any mapping"))?;
-            let rest = line[first.len()..].trim();
+            // `first` starts after any leading ASCII whitespace, not at byte 0 (found by
+            // fuzzing: an indented key followed by a multi-byte char sliced mid-char).
+            let rest =
+                line.trim_start_matches(|c: char| c.is_ascii_whitespace())[first.len()..].trim();
             match key {
                 "VmFlags" => {
                     vma.vm_flags = rest.split_ascii_whitespace().map(str::to_string).collect();
@@ -180,6 +183,15 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = include_str!("../testdata/smaps_sample.txt");
+
+    #[test]
+    fn an_indented_field_with_a_multibyte_key_is_not_sliced_mid_char() {
+        // Fuzzer crash (smaps): the value was sliced at first.len() from the line's start.
+        let text = "55812a400000-55812a408000 r--p 00000000 fe:01 0\n        \u{fffd}Flags: ex\n  Rss:   8 kB\n";
+        let vmas = parse_smaps(text, Path::new("smaps")).expect("parses");
+        assert_eq!(vmas.len(), 1);
+        assert_eq!(vmas[0].rss_kb, 8);
+    }
 
     #[test]
     fn parses_recorded_smaps() {

@@ -80,6 +80,21 @@ pub enum ImageError {
     Misaligned { path: PathBuf, detail: String },
     #[error("{path} holds no memory")]
     Empty { path: PathBuf },
+    /// Well-formed headers describing memory no machine has, or that would cost far more
+    /// to analyse than the file holds: an address past the x86-64 physical limit, an
+    /// address range that wraps around 2^64, or a zero-filled tail (ELF `p_memsz` beyond
+    /// `p_filesz`) out of proportion to the file. Refused before anything is allocated.
+    #[error("{path} is not a plausible memory image: {detail}")]
+    Implausible { path: PathBuf, detail: String },
+    /// The frame table (about 25 bytes per page) could not be allocated: reported rather
+    /// than aborting the process. Sparse files can declare memory whose holes cost nothing
+    /// on disk, so plausibility checks alone do not bound it.
+    #[error("cannot allocate the frame table of {path}: {pages} pages need {bytes} bytes")]
+    TooLarge {
+        path: PathBuf,
+        pages: u64,
+        bytes: u64,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -120,7 +135,10 @@ impl PhysImage {
 
     /// Reads the page at physical page number `pfn` into `buf`; false if no segment holds it.
     pub fn read_page(&self, pfn: u64, buf: &mut [u8]) -> io::Result<bool> {
-        let paddr = pfn * PAGE;
+        // A PFN past 2^52 (the address would wrap) lies in no segment.
+        let Some(paddr) = pfn.checked_mul(PAGE) else {
+            return Ok(false);
+        };
         match self.segment_of(paddr) {
             Some(s) => {
                 self.read_into(s, paddr - s.paddr, buf)?;
@@ -136,7 +154,10 @@ impl PhysImage {
         let (data, zeros) = buf.split_at_mut(stored);
         zeros.fill(0);
         if !data.is_empty() {
-            let off = s.offset + at;
+            // Validated: offset + stored <= file length; kept checked for kcore's clipped ones.
+            let off = s.offset.checked_add(at).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "segment file offset wraps")
+            })?;
             if self.is_hole(off, data.len() as u64) {
                 data.fill(0);
             } else {
@@ -149,13 +170,18 @@ impl PhysImage {
     pub(crate) fn is_hole(&self, off: u64, len: u64) -> bool {
         self.data_extents.as_ref().is_some_and(|ext| {
             let i = ext.partition_point(|&(_, end)| end <= off);
-            ext.get(i).is_none_or(|&(start, _)| start >= off + len)
+            ext.get(i)
+                .is_none_or(|&(start, _)| start >= off.saturating_add(len))
         })
     }
 
     /// The segment holding physical address `paddr`, if any.
     fn segment_of(&self, paddr: u64) -> Option<&Segment> {
-        let idx = self.segments.partition_point(|s| s.paddr + s.len <= paddr);
+        // Validated segments end below 2^52, kcore's are clipped to RAM; saturating keeps
+        // the search monotone even for a segment that slipped through ending at 2^64.
+        let idx = self
+            .segments
+            .partition_point(|s| s.paddr.saturating_add(s.len) <= paddr);
         self.segments.get(idx).filter(|s| s.paddr <= paddr)
     }
 }
@@ -205,7 +231,11 @@ impl PageSource for PhysPages<'_> {
                 continue;
             };
             let mut j = i + 1;
-            while j < addrs.len() && addrs[j] == addrs[j - 1] + PAGE && addrs[j] < s.paddr + s.len {
+            let seg_end = s.paddr.saturating_add(s.len);
+            while j < addrs.len()
+                && addrs[j - 1].checked_add(PAGE) == Some(addrs[j])
+                && addrs[j] < seg_end
+            {
                 j += 1;
             }
             let run = &mut buf[i * PAGE_SIZE..j * PAGE_SIZE];

@@ -42,16 +42,18 @@ pyo3::import_exception!(dedupx.exceptions, CorruptImage);
 pub fn image_to_py(err: ImageError) -> PyErr {
     let msg = err.to_string();
     match err {
-        ImageError::Open { .. } | ImageError::Io { .. } | ImageError::ThreadPool(_) => {
-            DedupxIOError::new_err(msg)
-        }
+        ImageError::Open { .. }
+        | ImageError::Io { .. }
+        | ImageError::ThreadPool(_)
+        | ImageError::TooLarge { .. } => DedupxIOError::new_err(msg),
         ImageError::Interrupted => PyKeyboardInterrupt::new_err(msg),
         ImageError::Plan(_) => PyRuntimeError::new_err(msg),
         ImageError::Truncated { .. }
         | ImageError::BadFormat { .. }
         | ImageError::Overlap { .. }
         | ImageError::Misaligned { .. }
-        | ImageError::Empty { .. } => CorruptImage::new_err(msg),
+        | ImageError::Empty { .. }
+        | ImageError::Implausible { .. } => CorruptImage::new_err(msg),
     }
 }
 

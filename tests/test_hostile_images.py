@@ -1,0 +1,138 @@
+"""Hand-made hostile images: each ends in one CorruptImage line, quickly, in bounded memory.
+
+dedupx runs as root on images a guest (or anyone) may have written. These are the
+reproducers of the issue "A hostile guest, a crafted image": a 120-byte ELF core declaring
+1 TiB or 64 TiB of zero-filled memory (it used to allocate 11.7 GB, or abort), ELF
+segments whose addresses wrap around 2^64, and a LiME range over the whole address space.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import PAGE
+
+# Generous for Python with polars imported (about 150 MiB here); the 1 TiB core used to
+# take 11.7 GB.
+MAX_RSS_BYTES = 600 << 20
+# The address space the child may map: an allocation sized by a hostile header fails
+# (and is reported) rather than swapping the host.
+AS_LIMIT_BYTES = 4 << 30
+MAX_SECONDS = 5.0
+CORRUPT_IMAGE_EXIT = 8
+
+
+def core(loads: list[tuple[int, int, int, int]], size: int = 0) -> bytes:
+    """ELF64 core with PT_LOADs (paddr, offset, filesz, memsz), zero-padded to size."""
+    ehdr = bytearray(64)
+    ehdr[:4] = b"\x7fELF"
+    ehdr[4], ehdr[5], ehdr[6] = 2, 1, 1
+    struct.pack_into("<HHI", ehdr, 16, 4, 62, 1)  # ET_CORE, EM_X86_64
+    struct.pack_into("<Q", ehdr, 32, 64)  # e_phoff
+    struct.pack_into("<HHH", ehdr, 52, 64, 56, len(loads))
+    phdrs = b"".join(
+        struct.pack("<IIQQQQQQ", 1, 4, offset, 0, paddr, filesz, memsz, PAGE)
+        for paddr, offset, filesz, memsz in loads
+    )
+    out = bytes(ehdr) + phdrs
+    return out + bytes(max(0, size - len(out)))
+
+
+TOP = 2**64 - PAGE
+
+HOSTILE = [
+    ("tail-1tib.elf", core([(0, 0, 0, 1 << 40)]), ["zero-filled"]),
+    ("tail-64tib.elf", core([(0, 0, 0, 64 << 40)]), ["zero-filled"]),
+    (
+        "wraps.elf",
+        core([(TOP, PAGE, 2 * PAGE, 2 * PAGE), (0, PAGE, PAGE, PAGE)], size=3 * PAGE),
+        ["wraps"],
+    ),
+    (
+        "past-limit.elf",
+        core([(2**52 - PAGE, PAGE, 2 * PAGE, 2 * PAGE)], size=3 * PAGE),
+        ["physical address limit"],
+    ),
+    (
+        # 300 ranges over the same 4 MiB of the file: 1.2 GiB declared, all "stored".
+        "shared.elf",
+        core(
+            [(i << 22, 5 * PAGE, 1 << 22, 1 << 22) for i in range(300)],
+            size=5 * PAGE + (1 << 22),
+        ),
+        ["share file bytes"],
+    ),
+    (
+        "whole-space.lime",
+        struct.pack("<IIQQQ", 0x4C694D45, 1, 0, 2**64 - 1, 0) + bytes(PAGE),
+        ["whole address space"],
+    ),
+]
+
+
+def limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT_BYTES, AS_LIMIT_BYTES))
+
+
+def run_bounded(p: Path, tmp_path: Path) -> tuple[int, str, float, int]:
+    """dedupx image P under RLIMIT_AS: exit code, stderr, seconds, peak RSS in bytes."""
+    out = tmp_path / "out"
+    err = tmp_path / "stderr"
+    start = time.monotonic()
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dedupx", "image", str(p), "-o", str(out), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=limit_address_space,
+        )
+        # wait4 gives this child's own peak RSS, not the largest of all children.
+        _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert not out.exists()
+    return proc.returncode, err.read_text(), elapsed, usage.ru_maxrss * 1024  # maxrss: KiB
+
+
+def assert_one_bounded_error(res: tuple[int, str, float, int], code: int, words: list[str]) -> None:
+    got, text, elapsed, rss = res
+    assert got == code, (got, text)
+    assert "Traceback" not in text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("dedupx: error: "), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert elapsed < MAX_SECONDS, elapsed
+    assert rss < MAX_RSS_BYTES, rss
+
+
+@pytest.mark.parametrize(("name", "content", "words"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_image_is_one_error_fast_and_small(
+    tmp_path: Path, name: str, content: bytes, words: list[str]
+) -> None:
+    p = tmp_path / name
+    p.write_bytes(content)
+    if name.startswith("tail-"):
+        assert len(content) == 120
+    assert_one_bounded_error(run_bounded(p, tmp_path), CORRUPT_IMAGE_EXIT, words)
+
+
+def test_sparse_raw_too_large_to_hash_is_an_error_not_an_abort(tmp_path: Path) -> None:
+    """8 TiB of holes costs nothing on disk but 50 GiB of frame table: refused, no SIGABRT."""
+    p = tmp_path / "sparse.raw"
+    try:
+        with p.open("wb") as f:
+            f.truncate(8 << 40)
+    except OSError as e:
+        pytest.skip(f"this filesystem holds no 8 TiB sparse file: {e}")
+    # DedupxIOError (1): a valid image too large for this host, not a corrupt one.
+    assert_one_bounded_error(run_bounded(p, tmp_path), 1, ["cannot allocate the frame table"])
