@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -262,3 +263,18 @@ def matrix_by_hand(snap: dedupx.Frames, target: set[int], peer: str) -> dict[str
                 r["zero"] += h in zero
                 break
     return rows
+
+
+def elf_headers(loads: list[tuple[int, int, int, int, int]]) -> bytes:
+    """An ELF64 core's header and program headers: one PT_LOAD per (vaddr, paddr, offset,
+    filesz, memsz), as QEMU's dump-guest-memory writes them; the data is the caller's."""
+    ehdr = bytearray(64)
+    ehdr[:4] = b"\x7fELF"
+    ehdr[4], ehdr[5], ehdr[6] = 2, 1, 1
+    struct.pack_into("<HHI", ehdr, 16, 4, 62, 1)  # ET_CORE, EM_X86_64
+    struct.pack_into("<Q", ehdr, 32, 64)  # e_phoff
+    struct.pack_into("<HHH", ehdr, 52, 64, 56, len(loads))
+    return bytes(ehdr) + b"".join(
+        struct.pack("<IIQQQQQQ", 1, 4, offset, vaddr, paddr, filesz, memsz, PAGE)
+        for vaddr, paddr, offset, filesz, memsz in loads
+    )

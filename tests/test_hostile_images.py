@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PAGE
+from helpers import PAGE, elf_headers
 
 # Generous for Python with polars imported (about 150 MiB here); the 1 TiB core used to
 # take 11.7 GB.
@@ -32,17 +32,7 @@ CORRUPT_IMAGE_EXIT = 8
 
 def core(loads: list[tuple[int, int, int, int]], size: int = 0) -> bytes:
     """ELF64 core with PT_LOADs (paddr, offset, filesz, memsz), zero-padded to size."""
-    ehdr = bytearray(64)
-    ehdr[:4] = b"\x7fELF"
-    ehdr[4], ehdr[5], ehdr[6] = 2, 1, 1
-    struct.pack_into("<HHI", ehdr, 16, 4, 62, 1)  # ET_CORE, EM_X86_64
-    struct.pack_into("<Q", ehdr, 32, 64)  # e_phoff
-    struct.pack_into("<HHH", ehdr, 52, 64, 56, len(loads))
-    phdrs = b"".join(
-        struct.pack("<IIQQQQQQ", 1, 4, offset, 0, paddr, filesz, memsz, PAGE)
-        for paddr, offset, filesz, memsz in loads
-    )
-    out = bytes(ehdr) + phdrs
+    out = elf_headers([(0, paddr, offset, filesz, memsz) for paddr, offset, filesz, memsz in loads])
     return out + bytes(max(0, size - len(out)))
 
 

@@ -13,7 +13,7 @@ import dedupx
 from dedupx.analysis.compare import compare
 from dedupx.exceptions import CorruptImage
 from dedupx.sources.image import read_image
-from helpers import PAGE, assert_one_line_error, fill_page, run_cli
+from helpers import PAGE, assert_one_line_error, elf_headers, fill_page, run_cli
 
 A, B, C = fill_page(0xA1), fill_page(0xB2), fill_page(0xC3)
 Z = bytes(PAGE)
@@ -25,22 +25,13 @@ def h(page: bytes) -> bytes:
 
 def elf_core(loads: list[tuple[int, int, int, bytes]], data_at: int = PAGE) -> bytes:
     """ELF64 core with PT_LOADs (paddr, filesz, memsz, bytes); data laid out from data_at."""
-    ehdr = bytearray(64)
-    ehdr[:4] = b"\x7fELF"
-    ehdr[4], ehdr[5], ehdr[6] = 2, 1, 1
-    struct.pack_into("<HHI", ehdr, 16, 4, 62, 1)  # ET_CORE, EM_X86_64
-    struct.pack_into("<Q", ehdr, 32, 64)  # e_phoff
-    struct.pack_into("<HHH", ehdr, 52, 64, 56, len(loads))
-    phdrs = b""
-    body = b""
+    headers = []
     offset = data_at
     for paddr, filesz, memsz, data in loads:
-        phdrs += struct.pack(
-            "<IIQQQQQQ", 1, 4, offset, 0xFFFF_8880_0000_0000 + paddr, paddr, filesz, memsz, PAGE
-        )
-        body += data
+        headers.append((0xFFFF_8880_0000_0000 + paddr, paddr, offset, filesz, memsz))
         offset += len(data)
-    head = bytes(ehdr) + phdrs
+    body = b"".join(data for *_, data in loads)
+    head = elf_headers(headers)
     return head + bytes(data_at - len(head)) + body
 
 
