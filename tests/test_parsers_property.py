@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dedupx.exceptions import DedupxError
 from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.qemu.gpa_map import parse_mtree_ram
+from dedupx.qemu.ramblocks import parse_ramblocks
 from dedupx.sources.guest_view import _meminfo_kb
 
 EXAMPLES = settings(max_examples=200, deadline=None)
@@ -33,6 +34,16 @@ MTREE = st.lists(
         st.sampled_from(["FlatView #0", ' AS "memory", root: system', "FlatView #1"]),
         st.from_regex(
             r"  [0-9a-f]{1,20}-[0-9a-f]{1,20} \(prio -?[0-9], (ram|rom|romd|i/o)\): \S+",
+            fullmatch=True,
+        ),
+    ),
+    max_size=12,
+).map("\n".join)
+RAMBLOCKS = st.lists(
+    st.one_of(
+        st.text(max_size=60),
+        st.from_regex(
+            r" *\S{1,30} +[0-9]{1,30} [KMG]iB" + r" +0x[0-9a-f]{1,30}" * 3,
             fullmatch=True,
         ),
     ),
@@ -62,6 +73,12 @@ def test_qemu_cmdline_never_crashes(args: list[str]) -> None:
 @given(MTREE)
 def test_mtree_never_crashes(text: str) -> None:
     returns_or_dedupx_error(parse_mtree_ram, text)
+
+
+@EXAMPLES
+@given(RAMBLOCKS)
+def test_ramblocks_never_crash(text: str) -> None:
+    returns_or_dedupx_error(parse_ramblocks, text)
 
 
 @EXAMPLES

@@ -97,7 +97,7 @@ def uss_breakdown(
     )
     main = pl.col("block").is_in(main_blocks(f, pid))
     ram = exclusive.filter(main)
-    devices = exclusive.filter(pl.col("gpa").is_not_null() & ~main)
+    devices = exclusive.filter(pl.col("block").is_not_null() & ~main)
     out: dict[str, Any] = {
         "pid": pid,
         "pages": exclusive["pfn"].n_unique(),
@@ -156,7 +156,7 @@ def _rows(f: Frames, pid: int, gm: pl.DataFrame, main: list[str]) -> pl.LazyFram
     part = (
         pl.when(pl.col("block").is_in(main))
         .then(pl.lit("guest RAM"))
-        .when(pl.col("gpa").is_not_null())
+        .when(pl.col("block").is_not_null())
         .then(pl.format("device RAM {}", pl.col("block")))
         .otherwise(pl.col("kind").replace_strict(QEMU_PARTS, default="QEMU other"))
     )

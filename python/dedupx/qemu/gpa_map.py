@@ -9,7 +9,7 @@ machine whose RAM is one anonymous mapping of exactly the `-m` size, laid out as
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +18,7 @@ from dedupx.exceptions import NotAGuest, QmpError
 from dedupx.model.units import PAGE_SIZE as PAGE
 from dedupx.qemu.cmdline import QemuConfig
 from dedupx.qemu.qmp import Qmp
+from dedupx.qemu.ramblocks import HostBlock, parse_ramblocks, place_unmapped
 
 MTREE_LINE = re.compile(
     r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (\w+(?:/\w+)?)\): (\S+)(?: @([0-9a-f]+))?"
@@ -39,6 +40,8 @@ class GpaRange:
 class GpaLayout:
     ranges: list[GpaRange]
     source: str  # "qmp:PATH" or "cmdline (assumed ...)"
+    # RAM blocks no guest address maps (option ROMs once copied), where QEMU holds them.
+    unmapped: list[HostBlock] = field(default_factory=list)
 
 
 def parse_mtree_ram(text: str) -> list[tuple[int, int, str]]:
@@ -58,7 +61,9 @@ def parse_mtree_ram(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def layout_from_qmp(path: Path) -> GpaLayout:
+def layout_from_qmp(path: Path, vmas: pl.DataFrame | None = None) -> GpaLayout:
+    """The guest ranges QEMU maps, and with the process's ``vmas`` the RAM blocks it holds
+    without mapping them into the guest (``qemu/ramblocks.py``)."""
     ranges = []
     with Qmp(path) as q:
         for start, end, region in parse_mtree_ram(q.hmp("info mtree -f")):
@@ -69,7 +74,19 @@ def layout_from_qmp(path: Path) -> GpaLayout:
             if int(m.group(1), 16) != start:
                 raise QmpError(f"gpa2hva answered for {m.group(1)} when asked for {start:#x}")
             ranges.append(GpaRange(start, end + 1 - start, int(m.group(3), 16), region))
-    return GpaLayout(_whole_pages(ranges), f"qmp:{path}")
+        unmapped: list[HostBlock] = []
+        if vmas is not None:
+            try:
+                text = q.execute("x-query-ramblock")
+            except QmpError:
+                text = None  # a QEMU before 6.2: the guest's own ranges only
+            if isinstance(text, dict):
+                text = text.get("human-readable-text")
+            if isinstance(text, str):
+                seen = {r.block for r in ranges}
+                blocks = [b for b in parse_ramblocks(text) if b.name not in seen]
+                unmapped = place_unmapped(blocks, [r.hva for r in ranges], vmas)
+    return GpaLayout(_whole_pages(ranges), f"qmp:{path}", unmapped)
 
 
 def _whole_pages(ranges: list[GpaRange]) -> list[GpaRange]:
@@ -138,7 +155,8 @@ def main_ram_blocks(cfg: QemuConfig) -> list[str]:
 
 def layout_frame(pid: int, layout: GpaLayout) -> pl.DataFrame:
     """One row per guest page of a layout: ``pid``, ``gpa``, ``hva``, ``block``, ``source``
-    (what a snapshot keeps; ``gpa_map`` adds each page's host frame)."""
+    (what a snapshot keeps; ``gpa_map`` adds each page's host frame). A block no guest
+    address maps has its pages with a null ``gpa``."""
     parts = [
         pl.DataFrame(
             {
@@ -147,6 +165,15 @@ def layout_frame(pid: int, layout: GpaLayout) -> pl.DataFrame:
             }
         ).with_columns(pl.lit(r.block).alias("block"))
         for r in layout.ranges
+    ]
+    parts += [
+        pl.DataFrame(
+            {
+                "gpa": pl.Series([None] * (b.size // PAGE), dtype=pl.UInt64),
+                "hva": pl.int_range(b.hva, b.hva + b.size, PAGE, dtype=pl.UInt64, eager=True),
+            }
+        ).with_columns(pl.lit(b.name).alias("block"))
+        for b in layout.unmapped
     ]
     frame = (
         pl.concat(parts)

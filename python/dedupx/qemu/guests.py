@@ -78,10 +78,10 @@ def guest_layout(cfg: QemuConfig, vmas: pl.DataFrame, qmp: Path | None = None) -
     """From QEMU over QMP when it answers (``qmp``, else a socket its command line names),
     else from the command line. A socket the caller names must answer."""
     if qmp is not None:
-        return layout_from_qmp(qmp)
+        return layout_from_qmp(qmp, vmas)
     for path in cfg.qmp_sockets:
         try:
-            return layout_from_qmp(path)
+            return layout_from_qmp(path, vmas)
         except QmpError:
             continue  # busy (QMP takes one client at a time) or gone: fall back
     return layout_from_cmdline(cfg, vmas)
