@@ -16,6 +16,7 @@ setup: ## install system packages and build+install dedupx with its test tools
 	rustup component add rustfmt clippy >/dev/null 2>&1 || true
 	$(PYTHON) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(PYTHON) -m pip install -q ".[test]"
+	$(PYTHON) -c 'from dedupx.report.html import warm_bundle_cache; warm_bundle_cache()'
 
 run: setup ## build, install and scan the largest process on this host (or PID=N)
 	dedupx scan $(if $(PID),--pid $(PID))

@@ -18,6 +18,8 @@ from PIL import Image
 
 import dedupx
 from container_kit import FULL, Containers, unavailable
+from dedupx.report import js_bundle
+from dedupx.report.html import RENDER
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import fixture_spec, rollup, run_cli, start_layout, stop
 
@@ -267,3 +269,22 @@ def test_report_of_a_pid(capture: Capture) -> None:
 def test_report_needs_an_output(capture: Capture) -> None:
     res = run_cli("report", str(capture.snap))
     assert res.returncode == 2 and "give -o" in res.stderr
+
+
+def test_bundle_is_built_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inlined JavaScript comes from the cache once built: the same text, without
+    calling vl-convert again; a cache that cannot be written costs only the time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = js_bundle.javascript_bundle(RENDER)
+    (cached,) = (tmp_path / "dedupx").glob("vega-bundle-*.js")
+    assert cached.read_text() == first and "vega" in first
+    with monkeypatch.context() as m:
+
+        def no_call(snippet: str) -> str:
+            raise AssertionError("vl-convert called although the bundle is cached")
+
+        m.setattr(js_bundle.vl_convert, "javascript_bundle", no_call)
+        assert js_bundle.javascript_bundle(RENDER) == first
+    (tmp_path / "file").touch()  # where the cache directory would have to be
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    assert js_bundle.javascript_bundle(RENDER) == first

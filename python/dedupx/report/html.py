@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import altair as alt
-import vl_convert
 
 from dedupx.analysis.density import density, density_summary, instances_of
 from dedupx.exceptions import DedupxError, OutputError
 from dedupx.model.frames import Frames
 from dedupx.model.units import MIB, pages_to_mib
 from dedupx.report.figures import MATRIX_COLUMNS, POLICY_LABELS, figures, to_png, to_svg
+from dedupx.report.js_bundle import javascript_bundle
 from dedupx.report.snapshot import snapshot_report
 from dedupx.report.terminal import coverage_line
 from dedupx.sources.guest_view import GuestView
@@ -372,6 +372,11 @@ def density_section(r: dict[str, Any]) -> str:
     return "<h2 id='density'>Density (the study's Figure 6.2)</h2>" + "".join(out)
 
 
+def warm_bundle_cache() -> None:
+    """Builds the inlined JavaScript once (``make setup`` does), so reports need not."""
+    javascript_bundle(RENDER)
+
+
 def chart_div(name: str) -> str:
     return f'<div class="chart" id="chart-{esc(name)}" data-spec="spec-{esc(name)}"></div>'
 
@@ -416,7 +421,7 @@ def render_html(report: dict[str, Any], charts: dict[str, alt.TopLevelMixin]) ->
         for n, c in charts.items()
     )
     # The bundle ends with RENDER, which calls vega-embed for every chart <div> above it.
-    bundle = vl_convert.javascript_bundle(RENDER).replace("</script", "<\\/script")
+    bundle = javascript_bundle(RENDER).replace("</script", "<\\/script")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
