@@ -1,10 +1,12 @@
 """Property tests: the parsers of text dedupx does not write (a QEMU command line, QEMU's
-`info mtree -f`, a guest's /proc/meminfo) either return or raise a DedupxError, whatever
-the text. Kept short (200 examples each) so that CI stays fast."""
+`info mtree -f` and RAM block table, a guest's /proc/meminfo, a snapshot's manifest)
+either return or raise a DedupxError, whatever the text. Kept short (200 examples each) so
+that CI stays fast; `make fuzz` runs the same parsers under atheris for longer."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.qemu.gpa_map import parse_mtree_ram
 from dedupx.qemu.ramblocks import parse_ramblocks
 from dedupx.sources.guest_view import _meminfo_kb
+from dedupx.store.snapshot import parse_manifest
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 OPTIONS = st.sampled_from(
@@ -49,6 +52,20 @@ RAMBLOCKS = st.lists(
     ),
     max_size=12,
 ).map("\n".join)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["format_version", "files", "rows", "coverage", "pages_of_ram", "pages_in_scope",
+     "pages_hashed", "not_covered", "source", "frames", "pages", "kind"]
+)  # fmt: skip
+MANIFEST = st.recursive(
+    JSON, lambda inner: st.dictionaries(KEYS, inner, max_size=6), max_leaves=20
+).map(lambda v: json.dumps(v).encode())
 MEMINFO = st.lists(
     st.one_of(
         st.text(max_size=40),
@@ -85,3 +102,17 @@ def test_ramblocks_never_crash(text: str) -> None:
 @given(MEMINFO)
 def test_meminfo_never_crashes(text: str) -> None:
     returns_or_dedupx_error(_meminfo_kb, text)
+
+
+@EXAMPLES
+@given(st.one_of(MANIFEST, st.binary(max_size=200)))
+def test_manifest_never_crashes(text: bytes) -> None:
+    returns_or_dedupx_error(parse_manifest, text)
+
+
+def test_manifest_names_no_path_out_of_the_snapshot() -> None:
+    for rel in ("../frames.parquet", "/etc/passwd", "a/../../b", ""):
+        manifest = {"format_version": 2, "files": {"frames": rel}}
+        with contextlib.suppress(DedupxError):
+            parse_manifest(json.dumps(manifest).encode())
+            raise AssertionError(f"{rel!r} was accepted")

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import socket
 import sys
 from pathlib import Path
@@ -43,6 +44,56 @@ def base_manifest(kind: str, source: str, coverage: dict[str, Any]) -> dict[str,
     }
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few KiB; more is not ours
+FRAME_NAME = re.compile(r"^[a-z_]{1,32}$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # in the snapshot, no path
+
+
+def parse_manifest(text: bytes, where: str = "manifest.json") -> dict[str, Any]:
+    """A manifest's JSON, checked for the shape every reader relies on: a format version,
+    ``files`` naming each frame's file or directory inside the snapshot (never a path out
+    of it), ``rows`` as counts, ``coverage`` as an object (format 1's upgraded). Anything
+    else is a ``CorruptSnapshot`` naming ``where``."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise CorruptSnapshot(f"{where} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        manifest = json.loads(text)
+    except RecursionError:
+        raise CorruptSnapshot(f"{where} is nested too deep to be a manifest") from None
+    except ValueError as e:  # UnicodeDecodeError among them
+        raise CorruptSnapshot(f"{where} is not JSON: {e}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CorruptSnapshot(f"{where} has no format_version: not a dedupx snapshot")
+    files, rows = manifest.get("files", {}), manifest.get("rows", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and FRAME_NAME.match(k) and isinstance(v, str) and FILE_NAME.match(v)
+        for k, v in files.items()
+    ):
+        raise CorruptSnapshot(f"{where}: `files` must name each frame's file in the snapshot")
+    if not isinstance(rows, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rows.values()
+    ):
+        raise CorruptSnapshot(f"{where}: `rows` must be counts of rows")
+    cov = manifest.get("coverage", {})
+    if not isinstance(cov, dict):
+        raise CorruptSnapshot(f"{where}: `coverage` must be an object")
+    try:
+        cov = upgrade_v1(cov)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptSnapshot(f"{where}: format 1 coverage is damaged: {e!r}") from None
+    counts = [cov.get(k, 0) for k in ("pages_in_scope", "pages_hashed")]
+    not_covered = cov.get("not_covered", {})
+    if isinstance(not_covered, dict):
+        counts += list(not_covered.values())
+    if not isinstance(not_covered, dict) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts
+    ):
+        raise CorruptSnapshot(f"{where}: `coverage` must hold counts of pages")
+    manifest["coverage"] = cov
+    return manifest
+
+
 def open_snapshot(path: str | os.PathLike[str]) -> Frames:
     """Opens a snapshot directory written by ``dedupx snapshot``, ``dedupx image`` or
     ``dedupx scan --parquet`` as Frames (``provenance.manifest`` holds its manifest).
@@ -55,27 +106,25 @@ def open_snapshot(path: str | os.PathLike[str]) -> Frames:
     if not root.is_dir():
         raise CorruptSnapshot(f"{root} is not a snapshot directory")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        text = mpath.read_bytes()
     except FileNotFoundError:
         raise CorruptSnapshot(
             f"{root} has no manifest.json: not a complete dedupx snapshot"
         ) from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise CorruptSnapshot(f"{mpath} is unreadable: {e}") from None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if not isinstance(version, int):
-        raise CorruptSnapshot(f"{mpath} has no format_version: not a dedupx snapshot")
+    manifest = parse_manifest(text, str(mpath))
+    version = manifest["format_version"]
     if version > FORMAT_VERSION:
         raise SnapshotVersionError(
             f"{root} has snapshot format {version}; this dedupx ({__version__}) reads up to "
             f"{FORMAT_VERSION}: upgrade dedupx"
         )
-    files = manifest.get("files", {})
-    rows = manifest.get("rows", {})
+    files, rows = manifest["files"], manifest.get("rows", {})
     lazy = {name: _open_frame(root, name, rel, rows.get(name)) for name, rel in files.items()}
     if "frames" not in lazy:
         raise CorruptSnapshot(f"{root} lists no frames file")
-    coverage = upgrade_v1(manifest.get("coverage", {}))
+    coverage = manifest.get("coverage", {})
     processes = lazy.get("processes")
     if version == 1 and processes is not None:  # format 1 joined cmdline with spaces
         processes = processes.with_columns(pl.col("cmdline").str.split(" "))
@@ -110,4 +159,4 @@ def _open_frame(root: Path, name: str, rel: str, expected_rows: int | None) -> p
     return pl.scan_parquet(parts)
 
 
-__all__ = ["FORMAT_VERSION", "base_manifest", "open_snapshot"]
+__all__ = ["FORMAT_VERSION", "base_manifest", "open_snapshot", "parse_manifest"]
