@@ -45,6 +45,7 @@ BEHAVIOURS = (
     "nested",  # a reply nested 100k deep
     "slow_drip",  # the sync reply, one byte a second
     "huge_kpageflags",  # kpageflags far larger than MemTotal allows (EOF at the end)
+    "slow_rounds",  # guest-file-read: 16 bytes, no EOF, each just inside a 2 s deadline
 )
 
 
@@ -148,6 +149,10 @@ class FakeQga:
             data = self.files.get(path, b"")
             if b == "wrong_types":
                 self._reply(conn, 5)
+            elif b == "slow_rounds":
+                time.sleep(1.5)
+                out = {"count": 16, "eof": False, "buf-b64": base64.b64encode(bytes(16)).decode()}
+                self._reply(conn, out)
             elif b == "bad_base64":
                 self._reply(conn, {"count": 3, "buf-b64": "!!not base64!!", "eof": False})
             elif b == "endless_file" or (b == "huge_kpageflags" and "kpage" in path):

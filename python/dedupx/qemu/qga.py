@@ -13,14 +13,18 @@ import base64
 import binascii
 import contextlib
 import random
+import time
 from pathlib import Path
 from typing import Any
 
+from dedupx.exceptions import QmpError
 from dedupx.qemu.json_socket import MAX_LINE, JsonLineSocket
 
 CHUNK = 1 << 20
 # A file read's default cap: far above any text file dedupx reads through the agent.
 DEFAULT_FILE_CAP = 64 << 20
+# The slowest a guest may send a file, on average: real agents send MiB/s even under TCG.
+MIN_RATE = 256 << 10
 
 
 class Qga(JsonLineSocket):
@@ -68,22 +72,36 @@ class Qga(JsonLineSocket):
         return msg["return"]
 
     def execute(self, command: str, **args: Any) -> Any:
-        deadline = self.deadline()
+        return self._call(command, args, self.deadline())
+
+    def _call(self, command: str, args: dict[str, Any], deadline: float) -> Any:
         self.send({"execute": command, **({"arguments": args} if args else {})})
         return self._result(deadline)
 
     def read_file(self, path: str, max_bytes: int = DEFAULT_FILE_CAP) -> bytes:
         """The whole of the guest file ``path``. A guest that never reports EOF is stopped
         at ``max_bytes`` (and at as many rounds as reading that much can take), so a read
-        costs at most that much memory and rounds x ``timeout`` seconds."""
+        costs at most that much memory. The whole read must also keep up ``MIN_RATE``: it
+        gets ``timeout`` plus one second per ``MIN_RATE`` bytes received, so a guest that
+        answers each round just before the deadline with a few bytes is cut off too."""
         handle = self.execute("guest-file-open", path=path, mode="r")
         if not isinstance(handle, int) or isinstance(handle, bool):
             raise self.fail(f"guest-file-open {path}: the handle is not an integer")
         out = bytearray()
         max_rounds = 4 * (max_bytes // CHUNK + 1) + 16
+        started = time.monotonic()
         try:
             for _ in range(max_rounds):
-                r = self.execute("guest-file-read", handle=handle, count=CHUNK)
+                budget = started + self.timeout + len(out) / MIN_RATE
+                args = {"handle": handle, "count": CHUNK}
+                try:
+                    r = self._call("guest-file-read", args, min(budget, self.deadline()))
+                except QmpError:
+                    if time.monotonic() < budget:
+                        raise
+                    raise self.broke(
+                        f"{path}: sent slower than {MIN_RATE >> 10} KiB/s, the least accepted"
+                    ) from None
                 if not isinstance(r, dict):
                     raise self.fail(f"guest-file-read {path}: the reply is not an object")
                 b64, eof, count = r.get("buf-b64", ""), r.get("eof", False), r.get("count", 0)
