@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+import dedupx
 from helpers import PAGE, elf_headers
 
 # Generous for Python with polars imported (about 150 MiB here); the 1 TiB core used to
@@ -116,13 +118,50 @@ def test_hostile_image_is_one_error_fast_and_small(
     assert_one_bounded_error(run_bounded(p, tmp_path), CORRUPT_IMAGE_EXIT, words)
 
 
-def test_sparse_raw_too_large_to_hash_is_an_error_not_an_abort(tmp_path: Path) -> None:
-    """8 TiB of holes costs nothing on disk but 50 GiB of frame table: refused, no SIGABRT."""
+def test_sparse_raw_declaring_too_much_is_an_error_not_an_abort(tmp_path: Path) -> None:
+    """8 TiB of holes costs nothing on disk but 2^31 frame rows: refused before any is
+    hashed (above --max-gib), in one line, without a SIGABRT."""
     p = tmp_path / "sparse.raw"
     try:
         with p.open("wb") as f:
             f.truncate(8 << 40)
     except OSError as e:
         pytest.skip(f"this filesystem holds no 8 TiB sparse file: {e}")
-    # DedupxIOError (1): a valid image too large for this host, not a corrupt one.
-    assert_one_bounded_error(run_bounded(p, tmp_path), 1, ["cannot allocate the frame table"])
+    # DedupxIOError (1): a valid image larger than allowed, not a corrupt one.
+    assert_one_bounded_error(run_bounded(p, tmp_path), 1, ["declares 8,192 GiB", "--max-gib"])
+
+
+def snapshot_peak_rss(image: Path, out: Path, window_pages: int) -> int:
+    """Peak RSS in bytes of a child process that turns ``image`` into a snapshot."""
+    code = (
+        "import sys; from dedupx.sources.image import image_snapshot; "
+        f"image_snapshot(sys.argv[1], sys.argv[2], window_pages={window_pages})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(image), str(out)])
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not all children's
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_maxrss * 1024
+
+
+def test_image_memory_is_bounded_by_the_window_not_the_image(tmp_path: Path) -> None:
+    """A 4x larger image (sparse: holes and one written page) costs no more memory to
+    turn into a snapshot, a window of pages at a time; the snapshot holds every page."""
+    peaks = {}
+    for gib in (8, 32):
+        p = tmp_path / f"{gib}.raw"
+        with p.open("wb") as f:
+            f.truncate(gib << 30)
+            f.seek(3 << 30)
+            f.write(b"not zero".ljust(PAGE, b"!"))
+        peaks[gib] = snapshot_peak_rss(p, tmp_path / f"{gib}.snap", window_pages=1 << 20)
+        frames = dedupx.open_snapshot(tmp_path / f"{gib}.snap").frames.collect()
+        assert frames.height == (gib << 30) // PAGE
+        assert frames["pfn"].is_sorted() and frames["pfn"].n_unique() == frames.height
+        assert int((~frames["zero"]).sum()) == 1
+        assert frames.filter(~pl.col("zero"))["pfn"].item() == (3 << 30) // PAGE
+        p.unlink()
+    # The whole 32 GiB table at once would hold 25 bytes a page more: 200 MiB over 8 GiB.
+    grown = peaks[32] - peaks[8]
+    print(f"peak RSS: 8 GiB image {peaks[8] >> 20} MiB, 32 GiB image {peaks[32] >> 20} MiB")
+    assert grown < 64 << 20, peaks

@@ -99,6 +99,8 @@ def image_frames(
     format: str | None = None,
     threads: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    start: int = 0,
+    count: int | None = None,
 ) -> _ImageFrames: ...
 
 @final

@@ -321,17 +321,29 @@ def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str |
     help="Image format (default: detected by magic; anything not ELF or LiME is raw).",
 )
 @click.option("--threads", default=0, help="Worker threads (default: one per core).")
+@click.option(
+    "--max-gib",
+    default=1024,
+    show_default=True,
+    help="Refuse an image that declares more memory than this (a sparse file can declare "
+    "terabytes that cost minutes and much disk to write out).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def image_cmd(file: str, output: str | None, fmt: str | None, threads: int, quiet: bool) -> None:
+def image_cmd(
+    file: str, output: str | None, fmt: str | None, threads: int, max_gib: int, quiet: bool
+) -> None:
     """Turn a memory image into a snapshot whose frames are keyed by physical page number:
     raw flat dumps, ELF cores (QEMU dump-guest-memory, copies of /proc/kcore, vmcores) and
-    LiME. Zero pages and sparse holes are recognised without hashing them."""
+    LiME. Zero pages and sparse holes are recognised without hashing them. The image is
+    hashed and written a window at a time: memory stays bounded whatever its size."""
     out = output or f"{file}.dedupx"
 
     def work() -> None:
         clean_stale(out)
         with progress_bar(not quiet) as update:
-            path = image_snapshot(file, out, format=fmt, threads=threads, progress=update)
+            path = image_snapshot(
+                file, out, format=fmt, threads=threads, progress=update, max_bytes=max_gib << 30
+            )
         m = open_snapshot(path).provenance.manifest
         click.echo(
             f"Snapshot written to {path}: {m['rows']['frames']:,} pages "

@@ -55,6 +55,10 @@ class CorruptImage(DedupxError, ValueError):
     exit_code = 8
 
 
+class ImageTooLarge(DedupxIOError):
+    """A memory image declares more memory than the caller allows reading."""
+
+
 class CorruptSnapshot(DedupxError, ValueError):
     """A snapshot directory is incomplete, damaged, or not a dedupx snapshot."""
 

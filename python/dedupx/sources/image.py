@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from dedupx import _dedupx
+from dedupx.exceptions import ImageTooLarge
 from dedupx.model.coverage import image_coverage
 from dedupx.model.frames import Frames, Provenance
+from dedupx.model.units import PAGE_SIZE
 from dedupx.sources.process import ProgressCallback
 from dedupx.store.parquet import write_frames
 from dedupx.store.snapshot import base_manifest
@@ -69,6 +72,16 @@ def read_image(
     )
 
 
+# Pages hashed at once when an image becomes a snapshot: about 100 MiB of tables (25 bytes
+# a page while hashing, the Arrow table after), whatever size the image declares.
+WINDOW_PAGES = 1 << 22
+# The most memory an image may declare unless the caller allows more: a terabyte is about
+# 270 million frame rows, several minutes of work and hundreds of MiB of Parquet even when
+# it is all holes.
+GIB = 1 << 30
+MAX_IMAGE_BYTES = 1024 * GIB
+
+
 def image_snapshot(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -76,17 +89,54 @@ def image_snapshot(
     format: str | None = None,
     threads: int = 0,
     progress: ProgressCallback | None = None,
+    window_pages: int = WINDOW_PAGES,
+    max_bytes: int = MAX_IMAGE_BYTES,
 ) -> Path:
-    """Turns a memory image into a snapshot directory (frames keyed by physical page)."""
-    image = read_image(path, format=format, threads=threads, progress=progress)
-    manifest = base_manifest("image", image.source, image_coverage(image.source, image.pages))
-    manifest["image"] = {
-        "path": str(Path(path).resolve()),
-        "format": image.format,
-        "segments": [{"paddr": p, "bytes": n} for p, n in image.segments],
-        "zero_pages": int(image.frames["zero"].sum()),
-    }
-    return write_frames(out, {"frames": image.frames}, manifest)
+    """Turns a memory image into a snapshot directory (frames keyed by physical page),
+    hashed and written ``window_pages`` at a time: memory is bounded by the window, not by
+    the size the image declares (a sparse file can declare a terabyte). An image declaring
+    more than ``max_bytes`` of memory raises ``ImageTooLarge`` before anything is read."""
+    head = _dedupx.image_frames(os.fspath(path), format=format, threads=threads, count=0)
+    total, image_format = int(head["pages"]), str(head["format"])
+    if total * PAGE_SIZE > max_bytes:
+        raise ImageTooLarge(
+            f"{path} declares {total * PAGE_SIZE / GIB:,.0f} GiB of memory, more than the "
+            f"{max_bytes / GIB:,.0f} GiB allowed: raise --max-gib to read it"
+        )
+    source = f"image:{image_format}"
+    zero_pages = 0
+
+    def windows() -> Iterator[pl.DataFrame]:
+        nonlocal zero_pages
+        for start in range(0, max(total, 1), window_pages):
+
+            def report(stage: str, done: int, _: int, start: int = start) -> None:
+                if progress is not None:
+                    progress(stage, start + done, total)
+
+            raw = _dedupx.image_frames(
+                os.fspath(path),
+                format=image_format,
+                threads=threads,
+                progress=report,
+                start=start,
+                count=window_pages,
+            )
+            chunk = pl.DataFrame(raw["frames"])
+            zero_pages += int(chunk["zero"].sum())
+            yield chunk
+
+    def manifest() -> dict[str, object]:
+        m = base_manifest("image", source, image_coverage(source, total))
+        m["image"] = {
+            "path": str(Path(path).resolve()),
+            "format": image_format,
+            "segments": [{"paddr": int(p), "bytes": int(n)} for p, n in head["segments"]],
+            "zero_pages": zero_pages,
+        }
+        return m
+
+    return write_frames(out, {"frames": windows()}, manifest)
 
 
 __all__ = ["FORMATS", "MemoryImage", "image_snapshot", "read_image"]

@@ -63,7 +63,19 @@ impl PhysImage {
         &self,
         progress: &(dyn Fn(u64, u64) -> bool + Sync),
     ) -> Result<FrameTable, ImageError> {
-        let total = self.pages() as usize;
+        self.hash_window(0, self.pages(), progress)
+    }
+
+    /// Reads and hashes `count` pages of the image from its page `first` (pages counted
+    /// across segments in order): one window of a large image, so that hashing it costs
+    /// memory in proportion to the window, not to what the image declares.
+    pub fn hash_window(
+        &self,
+        first: u64,
+        count: u64,
+        progress: &(dyn Fn(u64, u64) -> bool + Sync),
+    ) -> Result<FrameTable, ImageError> {
+        let total = count.min(self.pages().saturating_sub(first)) as usize;
         let (mut pfn, mut hashes, mut hashed) =
             alloc_table(total).ok_or_else(|| ImageError::TooLarge {
                 path: self.path.clone(),
@@ -74,19 +86,26 @@ impl PhysImage {
             image: self,
             on_error: ReadFailure::Fails,
         };
-        let mut row = 0usize;
+        let (mut skip, mut row) = (first, 0usize);
         for s in &self.segments {
-            let n = (s.len / PAGE) as usize;
-            pfn.extend((0..n as u64).map(|i| s.paddr / PAGE + i));
-            for first in (0..n).step_by(PLAN_PAGES) {
-                let m = PLAN_PAGES.min(n - first);
-                let plan = ReadPlan::new(consecutive(s.paddr + first as u64 * PAGE, m), m)?;
-                let before = (row + first) as u64;
+            let in_segment = s.len / PAGE;
+            if skip >= in_segment {
+                skip -= in_segment;
+                continue;
+            }
+            let n = ((in_segment - skip) as usize).min(total - row);
+            let start = s.paddr / PAGE + skip;
+            skip = 0;
+            pfn.extend((0..n as u64).map(|i| start + i));
+            for at in (0..n).step_by(PLAN_PAGES) {
+                let m = PLAN_PAGES.min(n - at);
+                let plan = ReadPlan::new(consecutive((start + at as u64) * PAGE, m), m)?;
+                let before = (row + at) as u64;
                 read_and_hash(
                     &source,
                     &plan,
-                    &mut hashes[row + first..][..m],
-                    &mut hashed[row + first..][..m],
+                    &mut hashes[row + at..][..m],
+                    &mut hashed[row + at..][..m],
                     &|done| {
                         if progress(before + done, total as u64) {
                             Ok(())
@@ -97,6 +116,9 @@ impl PhysImage {
                 )?;
             }
             row += n;
+            if row == total {
+                break;
+            }
         }
         // Every page lies in a segment, and a failed read fails the whole: all are hashed.
         drop(hashed);
@@ -156,6 +178,55 @@ mod tests {
         assert!(alloc_table(1 << 60).is_none());
         let (pfn, hashes, hashed) = alloc_table(3).expect("small table");
         assert_eq!((pfn.capacity(), hashes.len(), hashed.len()), (3, 3, 3));
+    }
+
+    #[test]
+    fn windows_put_together_are_the_whole() {
+        let segs: Vec<LoadSegment> = [(0x10_0000u64, 8u64), (0x80_0000, 5), (0x200_0000, 3)]
+            .iter()
+            .scan(4096u64, |off, &(paddr, n)| {
+                let seg = LoadSegment {
+                    vaddr: 0,
+                    paddr,
+                    offset: *off,
+                    filesz: n * PAGE,
+                    memsz: n * PAGE,
+                };
+                *off += n * PAGE;
+                Some(seg)
+            })
+            .collect();
+        let mut bytes = build_core_header(&segs);
+        bytes.resize(4096, 0);
+        for i in 0..16u8 {
+            bytes.extend(page(i % 5));
+        }
+        let path = write_temp("elf-windows", &bytes);
+        let img = PhysImage::open(&path, None).expect("opens");
+        let whole = img.hash_frames(&|_, _| true).expect("hashes");
+        for window in [1u64, 3, 5, 7, 16, 40] {
+            let (mut pfn, mut hashes) = (Vec::new(), Vec::new());
+            let mut first = 0;
+            while first < img.pages() {
+                let t = img
+                    .hash_window(first, window, &|_, _| true)
+                    .expect("window");
+                assert!(!t.is_empty() && t.len() as u64 <= window);
+                first += t.len() as u64;
+                pfn.extend(t.pfn);
+                hashes.extend(t.hashes);
+            }
+            assert_eq!(
+                (&pfn, &hashes),
+                (&whole.pfn, &whole.hashes),
+                "window {window}"
+            );
+        }
+        assert!(img
+            .hash_window(16, 10, &|_, _| true)
+            .expect("past the end")
+            .is_empty());
+        std::fs::remove_file(path).ok();
     }
 
     #[test]

@@ -42,17 +42,20 @@ fn scan_process_frames<'py>(
     frames::process_scan_to_dict(py, scan)
 }
 
-/// Reads and hashes every page of a memory image (raw, ELF core, LiME; detected by magic
-/// unless `format` names one). Returns `frames` (pfn, hash, zero), `format`, `pages` and
-/// `segments` (list of (paddr, bytes)).
+/// Reads and hashes the pages of a memory image (raw, ELF core, LiME; detected by magic
+/// unless `format` names one): all of them, or `count` from page `start` (pages counted
+/// across segments in order). Returns `frames` (pfn, hash, zero), `format`, `pages` (in
+/// the whole image) and `segments` (list of (paddr, bytes)).
 #[pyfunction]
-#[pyo3(signature = (path, *, format=None, threads=0, progress=None))]
+#[pyo3(signature = (path, *, format=None, threads=0, progress=None, start=0, count=None))]
 fn image_frames<'py>(
     py: Python<'py>,
     path: PathBuf,
     format: Option<String>,
     threads: usize,
     progress: Option<Py<PyAny>>,
+    start: u64,
+    count: Option<u64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let format = match format.as_deref() {
         None => None,
@@ -65,8 +68,9 @@ fn image_frames<'py>(
     let bridge = ProgressBridge::new(progress);
     let result = py.detach(|| -> Result<_, ImageError> {
         let image = PhysImage::open(&path, format)?;
+        let count = count.unwrap_or(u64::MAX);
         let table = in_pool(threads, || {
-            image.hash_frames(&|d, t| bridge.report("hash", d, t))
+            image.hash_window(start, count, &|d, t| bridge.report("hash", d, t))
         })??;
         Ok((image, table))
     });
