@@ -17,9 +17,14 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from dedupx._dedupx import __version__
 from dedupx.analysis.compare import compare
 from dedupx.analysis.density import density, density_summary
-from dedupx.exceptions import DedupxError, UsageError
+from dedupx.analysis.fingerprint import EXACT_LIMIT, fingerprint
+from dedupx.analysis.fingerprint import summary as fingerprint_summary
+from dedupx.exceptions import DedupxError, OutputError, UsageError
+from dedupx.fleet.cluster import client_for, fleet_on_dask
+from dedupx.fleet.inputs import expand as expand_inputs
 from dedupx.model.units import MIB
 from dedupx.qemu.guests import find_guests
+from dedupx.report.fleet import fleet_report, render_fleet
 from dedupx.report.html import build_report, write_report
 from dedupx.report.process import process_report
 from dedupx.report.snapshot import snapshot_report
@@ -351,6 +356,92 @@ def image_cmd(
         )
 
     run_guarded(work)
+
+
+@main.command("fingerprint")
+@click.argument("snapshot_dir", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Parquet file to write (one row per instance and distinct content).",
+)
+@click.option("--host", help="The host's name in the fleet (default: the snapshot's hostname).")
+@click.option(
+    "--rate",
+    type=float,
+    help="Keep this share of contents for every instance (default: exact up to "
+    f"{EXACT_LIMIT:,} distinct contents per instance, sampled beyond).",
+)
+def fingerprint_cmd(snapshot_dir: str, output: str, host: str | None, rate: float | None) -> None:
+    """Write the fingerprints of a snapshot's instances (each VM, container, and the host's
+    own pages) for fleet analysis: their distinct page contents, exact or a sample whose
+    error is stated (docs/fleet.md)."""
+
+    def work() -> None:
+        fp = fingerprint(open_snapshot(snapshot_dir), host=host, rate=rate)
+        write_parquet_file(fp, output)
+        for r in fingerprint_summary(fp):
+            click.echo(
+                f"{r['instance']}: {r['kept']:,} contents kept of ~{r['contents']:,} "
+                f"(rate {r['rate']:.3g})"
+            )
+
+    run_guarded(work)
+
+
+@main.command("fleet")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="A Dask scheduler (tcp://host:8786); default: a LocalCluster here.",
+)
+@click.option("--workers", default=2, show_default=True, help="LocalCluster worker processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Also write the pair matrix as Parquet."
+)
+@click.option("--top", default=10, show_default=True, help="Rows in each table.")
+def fleet_cmd(
+    inputs: tuple[str, ...],
+    scheduler: str | None,
+    workers: int,
+    as_json: bool,
+    output: str | None,
+    top: int,
+) -> None:
+    """Sharing across a fleet: read fingerprint files or snapshot directories (paths,
+    globs, fsspec URLs) on Dask and give, for every pair of instances on any hosts, the
+    pages they would share if co-located (anon/anon, file/file, anon/file, KSM-reachable),
+    and what each host's instances share now. An input that cannot be read is named on
+    stderr and left out; the rest are analysed."""
+
+    def work() -> None:
+        paths = expand_inputs(list(inputs))
+        if not paths:
+            raise UsageError("the paths and globs name no input")
+        with client_for(scheduler, workers, timeout=10.0) as client:
+            result = fleet_on_dask(paths, client=client)
+        for e in result.errors:
+            click.echo(f"dedupx: warning: left out {e}", err=True)
+        if output:
+            write_parquet_file(result.matrix, output)
+        if as_json:
+            report = fleet_report(result.matrix, result.instances, result.errors)
+            click.echo(json.dumps(report, default=str))
+        else:
+            render_fleet(result.matrix, result.instances, top, Console())
+
+    run_guarded(work)
+
+
+def write_parquet_file(frame: pl.DataFrame, path: str) -> None:
+    try:
+        frame.write_parquet(path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 @main.command("analyze")

@@ -34,6 +34,7 @@ class MemoryBackend:
 class QemuConfig:
     argv: list[str]
     name: str | None = None
+    uuid: str | None = None
     mem_bytes: int = 128 << 20  # QEMU's default -m
     machine: str | None = None
     accel: str = "tcg"
@@ -83,7 +84,7 @@ def on(value: str | None, default: bool) -> bool:
 
 def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
     """Reads the options that matter to memory; unknown options are ignored."""
-    name = machine = None
+    name = machine = uuid = None
     mem = 128 << 20
     accel = "tcg"
     merge = True
@@ -107,6 +108,8 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
         i += 1  # every other option we read takes a value
         if opt == "name":
             name = parse_opts(val, "guest").get("guest")
+        elif opt == "uuid":
+            uuid = val
         elif opt == "m":
             mem = parse_size(parse_opts(val, "size").get("size", "128"))
         elif opt in ("machine", "M"):
@@ -154,6 +157,7 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
     return QemuConfig(
         argv=argv,
         name=name,
+        uuid=uuid,
         mem_bytes=mem,
         machine=machine,
         accel=accel,

@@ -1,0 +1,1 @@
+"""Fleets of hosts: fingerprints gathered from many snapshots, analysed on Dask."""

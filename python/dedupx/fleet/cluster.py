@@ -1,0 +1,101 @@
+"""The fleet matrix on Dask `distributed`: a ``LocalCluster`` by default, or the scheduler
+at an address. Inputs are loaded on the workers; each fingerprint is split there into
+buckets by hash; each bucket's pair counts are computed where its pieces are; the client
+adds them up. Integer sums in any order: the result equals the one-node computation
+(``dedupx.analysis.fleet_matrix.fleet_matrix``) cell for cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from operator import getitem
+
+import polars as pl
+from distributed import Client, LocalCluster
+
+from dedupx.analysis.fleet_matrix import (
+    add_pair_counts,
+    holder_sets,
+    instance_index,
+    matrix,
+    pair_counts,
+)
+from dedupx.exceptions import DedupxError
+from dedupx.fleet.inputs import Loaded, load
+
+BUCKETS = 16
+
+
+class FleetError(DedupxError):
+    """The fleet cannot be analysed at all (no scheduler, no readable input)."""
+
+
+@dataclass
+class FleetResult:
+    matrix: pl.DataFrame
+    instances: pl.DataFrame
+    errors: list[str] = field(default_factory=list)  # inputs left out, each with why
+
+
+def _instances(loaded: Loaded) -> pl.DataFrame | None:
+    if loaded.rows is None:
+        return None
+    return loaded.rows.select("instance", "host", "kind", "name", "ram_bytes", "rate").unique()
+
+
+def _split(loaded: Loaded, index: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
+    """This input's rows with their instance index, one frame per hash bucket."""
+    assert loaded.rows is not None
+    rows = loaded.rows.join(index.select("instance", "idx"), on="instance").select(
+        "hash", "idx", "class", (pl.col("hash").bin.slice(0, 1).bin.encode("hex")).alias("b")
+    )
+    key = rows["b"].str.to_integer(base=16) % buckets
+    return [rows.filter(key == k).drop("b") for k in range(buckets)]
+
+
+def _bucket_pairs(*pieces: pl.DataFrame) -> pl.DataFrame:
+    return pair_counts(holder_sets(pl.concat(pieces)))
+
+
+def client_for(scheduler: str | None, workers: int, timeout: float) -> Client:
+    """A client of the scheduler at ``scheduler``, or of a new LocalCluster of
+    ``workers`` processes. An unreachable scheduler is a FleetError naming it."""
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        return Client(cluster)
+    try:
+        return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise FleetError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+
+
+def fleet_on_dask(
+    paths: list[str],
+    *,
+    client: Client,
+    buckets: int = BUCKETS,
+) -> FleetResult:
+    """The fleet matrix of ``paths`` (fingerprint files or snapshot directories)."""
+    loaded = client.map(load, paths, pure=False)
+    metas = client.gather(client.map(_instances, loaded))
+    errors = [r.error for r in client.gather(client.map(_error_of, loaded)) if r is not None]
+    tables = [m for m in metas if m is not None]
+    if not tables:
+        raise FleetError("no input could be read: " + "; ".join(errors))
+    index = instance_index(pl.concat(tables))
+    index_f = client.scatter(index, broadcast=True)
+    ok = [f for f, m in zip(loaded, metas, strict=True) if m is not None]
+    parts = client.map(_split, ok, index=index_f, buckets=buckets)
+    pieces = [[client.submit(getitem, p, k) for p in parts] for k in range(buckets)]
+    per_bucket = [client.submit(_bucket_pairs, *ps) for ps in pieces]
+    counts = add_pair_counts(client.gather(per_bucket))
+    return FleetResult(matrix(counts, index), index, errors)
+
+
+def _error_of(loaded: Loaded) -> Loaded | None:
+    return loaded if loaded.error is not None else None
+
+
+__all__ = ["BUCKETS", "FleetError", "FleetResult", "client_for", "fleet_on_dask"]

@@ -1,0 +1,117 @@
+"""Fleet analysis: fingerprints of real guests, and the fleet matrix on Dask equal to the
+same computation on one node, with sampled fingerprints within the error they state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import dedupx
+from dedupx.analysis.fingerprint import fingerprint, in_sample
+from dedupx.analysis.fleet_matrix import fleet_matrix
+from dedupx.fleet.cluster import client_for, fleet_on_dask
+from fleet_kit import by_host, remix
+from guest_kit import Guest, ensure_packages, guest_assets
+from helpers import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def guests_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[int]]]:
+    """Two real guests (the cloud kernel and Debian's generic one), paused, and a snapshot."""
+    ensure_packages()
+    work = tmp_path_factory.mktemp("fleet")
+    with ExitStack() as stack:
+        guests = [
+            stack.enter_context(
+                Guest(guest_assets(variant="a", generic_kernel=g), name=f"f{i}", workdir=work)
+            )
+            for i, g in enumerate((False, True))
+        ]
+        for g in guests:
+            g.stop()
+        yield dedupx.snapshot(work / "snap"), [g.pid for g in guests]
+
+
+def test_fingerprint_pairs_match_compare(guests_snapshot: tuple[Path, list[int]]) -> None:
+    """What two guests share by their fingerprints is what `compare` finds between the
+    same capture narrowed to each guest: their distinct shared contents, zero-filled ones
+    aside (and the same, within 1%, between live scans of the two)."""
+    snap_dir, (a, b) = guests_snapshot
+    snap = dedupx.open_snapshot(snap_dir)
+    fp = fingerprint(snap, host="h")
+    m = fleet_matrix(fp)
+    names = {r["instance"]: r for r in fp.select("instance", "name").unique().iter_rows(named=True)}
+    assert {"h/vm:f0", "h/vm:f1", "h/host"} <= set(names)
+    pair = m.filter((pl.col("instance_a") == "h/vm:f0") & (pl.col("instance_b") == "h/vm:f1"))
+    got = int(pair["total"].item())
+
+    def shared(row: dict[str, int]) -> int:
+        return row["shared_contents"] - (1 if row["shared_zero"] else 0)
+
+    each = [snap.restrict(pl.col("pid") == p) for p in (a, b)]
+    want = shared(dedupx.compare(*each).row(0, named=True))
+    live = shared(dedupx.compare(dedupx.scan(a), dedupx.scan(b)).row(0, named=True))
+    print(f"guests share {got:,} contents by fingerprint, {want:,} by compare, {live:,} live")
+    assert got == want
+    assert abs(got - live) <= 0.01 * live
+    assert pair["anon_anon"].item() + pair["file_file"].item() + pair["anon_file"].item() == got
+    assert 0 < pair["ksm"].item() <= pair["anon_anon"].item()
+
+
+@pytest.fixture(scope="module")
+def fleet(guests_snapshot: tuple[Path, list[int]]) -> pl.DataFrame:
+    """12 hosts x 3 VMs remixed from the two real guests."""
+    fp = fingerprint(dedupx.open_snapshot(guests_snapshot[0]), host="h")
+    templates = [fp.filter(pl.col("instance") == f"h/vm:f{i}") for i in (0, 1)]
+    return remix(templates, hosts=12, vms_per_host=3)
+
+
+def test_dask_equals_one_node(fleet: pl.DataFrame, tmp_path: Path) -> None:
+    """The matrix from a LocalCluster of 2 worker processes, from one fingerprint file per
+    host (and a damaged one, left out and named), equals polars on one node cell for cell."""
+    paths = []
+    for host, rows in by_host(fleet).items():
+        paths.append(str(tmp_path / f"{host}.parquet"))
+        rows.write_parquet(paths[-1])
+    (tmp_path / "damaged.parquet").write_bytes(b"PAR1 not really")
+    with client_for(None, workers=2, timeout=10) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        result = fleet_on_dask([*paths, str(tmp_path / "damaged.parquet")], client=client)
+    assert len(result.errors) == 1 and "damaged.parquet" in result.errors[0]
+    one = fleet_matrix(fleet)
+    assert one.height == 36 * 35 // 2  # every pair shares the kernel's pages at least
+    assert_frame_equal(result.matrix, one)
+
+
+def test_samples_are_within_their_stated_error(fleet: pl.DataFrame) -> None:
+    exact = fleet_matrix(fleet)
+    for rate in (0.5, 0.25):
+        sampled = fleet.with_columns(pl.lit(rate).alias("rate")).filter(in_sample(pl.col("rate")))
+        est = fleet_matrix(sampled).join(
+            exact.select("instance_a", "instance_b", pl.col("total").alias("exact")),
+            on=["instance_a", "instance_b"],
+        )
+        err = (est["total"] - est["exact"]).abs() / est["exact"]
+        big = est["exact"] >= 1000
+        print(
+            f"rate {rate}: worst {err.max():.2%}, worst where >= 1,000 {err.filter(big).max():.2%}"
+        )
+        assert (err <= 3 * est["rel_error"]).all()
+        assert (err.filter(big) <= 0.05).all()
+
+
+def test_fleet_cli(fleet: pl.DataFrame, tmp_path: Path) -> None:
+    for host, rows in list(by_host(fleet).items())[:3]:
+        rows.write_parquet(tmp_path / f"{host}.parquet")
+    res = run_cli("fleet", str(tmp_path / "*.parquet"), "--json", "-o", str(tmp_path / "m.pq"))
+    assert res.returncode == 0, res.stderr
+    assert pl.read_parquet(tmp_path / "m.pq").height == 9 * 8 // 2
+    res = run_cli("fleet", str(tmp_path / "*.parquet"), env={"COLUMNS": "80"})
+    assert res.returncode == 0 and max(len(x) for x in res.stdout.splitlines()) <= 80
+    res = run_cli("fleet", str(tmp_path / "h*.parquet"), "--scheduler", "tcp://127.0.0.1:9")
+    assert_one_line_error(res, 1, "tcp://127.0.0.1:9")
