@@ -12,6 +12,7 @@ import polars as pl
 from dedupx.exceptions import DedupxError, ProcessNotFound, QmpError
 from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import GpaLayout, layout_frame, layout_from_cmdline, layout_from_qmp
+from dedupx.qemu.ram_backing import cmdline_ksm_barrier, hugetlbfs_mounts
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,21 @@ class GuestProcess:
     config: QemuConfig
     rss_bytes: int
     pss_bytes: int
+    hugetlbfs: tuple[str, ...] = ()
 
     def row(self) -> dict[str, Any]:
         c = self.config
+        barrier = cmdline_ksm_barrier(c, list(self.hugetlbfs))
         return {
             "pid": self.pid,
             "name": c.name,
             "ram_bytes": c.mem_bytes,
             "machine": c.machine or "pc (default)",
             "accel": c.accel,
-            "mem_merge": c.mem_merge and not any(b.file_backed for b in c.backends),
+            # What QEMU asked, and apart from it what KSM can do with what backs the RAM.
+            "mem_merge": c.mem_merge,
+            "ksm_can_merge": barrier is None,
+            "ksm_barrier": barrier,
             "backends": ",".join(
                 f"{b.id}:{b.kind}{'/shared' if b.share else ''}" for b in c.backends
             ),
@@ -60,6 +66,7 @@ def _rollup(pid: int, proc_root: str) -> tuple[int, int]:
 
 def find_guests(proc_root: str = "/proc") -> list[GuestProcess]:
     out = []
+    hugetlbfs = tuple(hugetlbfs_mounts(proc_root))
     for entry in sorted(os.listdir(proc_root)):
         if not entry.isdigit():
             continue
@@ -70,7 +77,7 @@ def find_guests(proc_root: str = "/proc") -> list[GuestProcess]:
             continue
         if is_qemu(argv):
             rss, pss = _rollup(pid, proc_root)
-            out.append(GuestProcess(pid, parse_qemu_cmdline(argv), rss, pss))
+            out.append(GuestProcess(pid, parse_qemu_cmdline(argv), rss, pss, hugetlbfs))
     return out
 
 
