@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dedupx.model.units import MIB, PAGE_SIZE, pages_to_mib
+from dedupx.qemu.ram_backing import backing_label
 
 
 def _mib(n_bytes: float) -> str:
@@ -66,6 +67,11 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     for cls in ("anon", "file", "shmem"):
         t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
     t.add_row("swap", _mib(r["swap_bytes"]), "", "")
+    huge = fp.get("shared_hugetlb_bytes", 0) + fp.get("private_hugetlb_bytes", 0)
+    if huge:
+        # smaps leaves hugetlb out of Rss and Pss: shown apart, as smaps_rollup does.
+        t.add_row("hugetlb, shared", _mib(fp["shared_hugetlb_bytes"]), "", "")
+        t.add_row("hugetlb, private", _mib(fp["private_hugetlb_bytes"]), "", "")
     console.print(t)
 
     t = Table(title="Mapped pages by class", title_justify="left")
@@ -80,6 +86,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         "zero_content": "zero-filled (not the zero page)",
         "ksm": "KSM-merged",
         "thp": "in transparent huge pages",
+        "hugetlb": "hugetlb (not in RSS/PSS)",
         "swapped": "swapped out",
     }
     for key, label in labels.items():
@@ -110,7 +117,12 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         t.add_row("name", escape(str(g["name"] or "")))
         t.add_row("RAM (-m)", f"{g['ram_bytes'] >> 20:,} MiB")
         t.add_row("machine / accel", f"{g['machine'] or 'pc'} / {g['accel']}")
-        t.add_row("KSM may merge RAM (mem-merge)", "yes" if g["mem_merge"] else "no")
+        ram = g.get("ram") or {}
+        t.add_row("RAM backed by", escape(backing_label(ram)))
+        t.add_row("mem-merge (what QEMU asked)", "yes" if g["mem_merge"] else "no")
+        t.add_row(
+            "KSM can merge guest RAM", _ksm_can(ram.get("ksm_can_merge"), ram.get("ksm_barrier"))
+        )
         if "gpa_map_error" in g:
             t.add_row("guest-physical map", escape(g["gpa_map_error"]))
         else:
@@ -121,6 +133,10 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
             )
             for block, b in g["blocks"].items():
                 t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+            if g.get("backed_zero_pages") is not None:
+                t.add_row(
+                    "  backed but all zeros (unused by the guest)", f"{g['backed_zero_pages']:,}"
+                )
         within = next((r for r in g.get("dedup_matrix", []) if r["row"] == "within"), None)
         if within:
             t.add_row("duplicated within the guest (pages)", f"{within['total']:,}")
@@ -414,7 +430,8 @@ def render_vms(rows: list[dict[str, Any]], console: Console) -> None:
         ("RAM MiB", "right"),
         ("machine", "left"),
         ("accel", "left"),
-        ("KSM merge", "left"),
+        ("mem-merge", "left"),
+        ("KSM can merge", "left"),
         ("RSS MiB", "right"),
         ("PSS MiB", "right"),
     ):
@@ -427,7 +444,15 @@ def render_vms(rows: list[dict[str, Any]], console: Console) -> None:
             escape(str(r["machine"])),
             str(r["accel"]),
             "yes" if r["mem_merge"] else "no",
+            _ksm_can(r.get("ksm_can_merge"), r.get("ksm_barrier")),
             _mib(r["rss_bytes"]),
             _mib(r["pss_bytes"]),
         )
     console.print(t)
+
+
+def _ksm_can(can: bool | None, barrier: str | None) -> str:
+    """ "yes", or "no (hugetlb)": what KSM can do, apart from what QEMU asked."""
+    if can is None:
+        return "?"
+    return "yes" if can else f"no ({barrier})" if barrier else "no"
