@@ -1,0 +1,312 @@
+"""Guests as production runs them: the same TCG guest on each RAM backend (anonymous, memfd
+shared, hugetlbfs 2 MiB, a file in /dev/shm, anonymous preallocated), two twins of each,
+all booted at once and paused. Checked against the kernel (smaps_rollup) and QEMU
+(dump-guest-memory), and against each other: the backend must not change the answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import polars as pl
+import pytest
+
+import dedupx
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.qemu.cmdline import parse_qemu_cmdline
+from dedupx.qemu.guests import find_guests
+from dedupx.qemu.ram_backing import describe_ram
+from dedupx.sources.process import frames_of
+from guest_kit import Guest, ensure_packages, guest_assets
+from helpers import as_root, rollup
+
+MEM_MIB = 256
+PAGE = 4096
+HUGE = 2 << 20
+ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
+NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
+
+# backend -> (what dedupx should say backs guest RAM, KSM's barrier, the main RAM block)
+EXPECTED = {
+    "anon": ("anon", None, "pc.ram"),
+    "memfd": ("shmem", "shared backend", "mem"),
+    "hugetlbfs": ("hugetlb", "hugetlb", "mem"),
+    "shm_file": ("shmem", "shared backend", "mem"),
+    "prealloc": ("anon", None, "mem"),
+}
+
+pytestmark = pytest.mark.skipif(not as_root(), reason="scanning QEMU needs root")
+
+
+def backend_args(backend: str, hugetlbfs: Path, shm_file: Path) -> list[str]:
+    size = f"size={MEM_MIB}M"
+    objects = {
+        "anon": None,
+        "memfd": f"memory-backend-memfd,id=mem,{size},share=on",
+        "hugetlbfs": f"memory-backend-file,id=mem,{size},mem-path={hugetlbfs},share=on",
+        "shm_file": f"memory-backend-file,id=mem,{size},mem-path={shm_file},share=on",
+        "prealloc": f"memory-backend-ram,id=mem,{size},prealloc=on",
+    }
+    obj = objects[backend]
+    return [] if obj is None else ["-object", obj, "-machine", "memory-backend=mem"]
+
+
+def _meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextmanager
+def hugepages_reserved(pages: int, workdir: Path) -> Iterator[Path]:
+    """Reserves ``pages`` more 2 MiB hugepages and yields a hugetlbfs mount (/dev/hugepages,
+    or one made in ``workdir``); puts the pool size back and unmounts what it mounted."""
+    before = NR_HUGEPAGES.read_text().strip()
+    NR_HUGEPAGES.write_text(str(int(before) + pages))
+    mounted: Path | None = None
+    try:
+        if _meminfo("HugePages_Free") < pages:
+            pytest.skip(f"could not reserve {pages} hugepages (memory too fragmented)")
+        mount = Path("/dev/hugepages")
+        if not (mount.is_dir() and os.path.ismount(mount)):
+            mounted = mount = workdir / "hugetlbfs"
+            mount.mkdir()
+            subprocess.run(
+                ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount)], check=True
+            )
+        yield mount
+    finally:
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], check=False)
+        NR_HUGEPAGES.write_text(before)
+
+
+@dataclass
+class Twins:
+    backend: str
+    guests: tuple[Guest, Guest]
+    scans: tuple[dedupx.ProcessScan, dedupx.ProcessScan]
+    rollups: tuple[dict[str, int], dict[str, int]]
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]]:
+    ensure_packages()
+    assets = guest_assets(variant="a")
+    work = tmp_path_factory.mktemp("backends")
+    shm = Path(tempfile.mkdtemp(prefix="dedupx-test-", dir="/dev/shm"))
+    with ExitStack() as stack:
+        stack.callback(lambda: subprocess.run(["rm", "-rf", str(shm)], check=False))
+        huge = stack.enter_context(hugepages_reserved(2 * MEM_MIB * (1 << 20) // HUGE, work))
+        guests: dict[str, tuple[Guest, Guest]] = {}
+        for backend in EXPECTED:
+            pair = tuple(
+                Guest(
+                    assets,
+                    mem_mib=MEM_MIB,
+                    name=f"{backend}{i}",
+                    workdir=work,
+                    extra_args=backend_args(backend, huge, shm / f"ram{i}"),
+                )
+                for i in (1, 2)
+            )
+            guests[backend] = pair  # type: ignore[assignment]
+            for g in pair:
+                stack.callback(g.close)  # closed before the hugepages are given back
+        errors: list[BaseException] = []
+
+        def boot(g: Guest) -> None:
+            try:
+                g.start()
+            except BaseException as e:  # reported below, from the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=boot, args=(g,)) for p in guests.values() for g in p]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        for pair in guests.values():
+            for g in pair:
+                g.stop()  # nothing moves while the tests read
+        out = {}
+        for backend, (g1, g2) in guests.items():
+            s1, s2 = dedupx.scan(g1.pid), dedupx.scan(g2.pid)
+            out[backend] = Twins(backend, (g1, g2), (s1, s2), (rollup(g1.pid), rollup(g2.pid)))
+        yield out
+
+
+BACKENDS = list(EXPECTED)
+
+
+def test_guest_map_equals_dump_on_every_page(twins: dict[str, Twins], tmp_path: Path) -> None:
+    for backend in BACKENDS:
+        t = twins[backend]
+        g, scan = t.guests[0], t.scans[0]
+        dump = g.dump_guest_memory(tmp_path / f"{backend}.elf")
+        gm = scan.guest_map()
+        assert gm["source"][0].startswith("qmp:")
+        img = dedupx.read_image(dump).frames.select((pl.col("pfn") * PAGE).alias("gpa"), "hash")
+        dump.unlink()
+        live = scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash")
+        joined = (
+            img.join(gm.select("gpa", "hva", "block"), on="gpa", how="left")
+            .join(live, on="hva", how="left", suffix="_live")
+            .with_columns(pl.col("hash_live").fill_null(ZERO))
+        )
+        assert joined["hva"].null_count() == 0, backend
+        assert (joined["hash"] == joined["hash_live"]).all(), backend
+        main = EXPECTED[backend][2]
+        ram = gm.filter(pl.col("block") == main)
+        assert ram.height >= (MEM_MIB << 20) // PAGE - 0x20000 // PAGE, backend
+        if backend == "prealloc":  # every page is backed, used or not
+            assert ram["pfn"].null_count() == 0
+
+
+def test_footprint_matches_smaps_rollup(twins: dict[str, Twins]) -> None:
+    for backend in BACKENDS:
+        t = twins[backend]
+        for scan, kernel in zip(t.scans, t.rollups, strict=True):
+            fp = dedupx.footprint(scan).row(0, named=True)
+            for ours, theirs in (
+                ("rss_bytes", "Rss"),
+                ("pss_bytes", "Pss"),
+                ("shared_hugetlb_bytes", "Shared_Hugetlb"),
+                ("private_hugetlb_bytes", "Private_Hugetlb"),
+            ):
+                assert abs(fp[ours] - kernel[theirs]) <= 0.005 * kernel[theirs], (
+                    backend,
+                    ours,
+                    fp[ours],
+                    kernel[theirs],
+                )
+            huge = fp["shared_hugetlb_bytes"] + fp["private_hugetlb_bytes"]
+            assert (huge > 64 << 20) == (backend == "hugetlbfs"), (backend, huge)
+            print(backend, "RSS", fp["rss_bytes"], kernel["Rss"], "PSS", fp["pss_bytes"],
+                  kernel["Pss"], "hugetlb", huge)  # fmt: skip
+
+
+def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> None:
+    listed = {g.pid: g.row() for g in find_guests()}
+    for backend in BACKENDS:
+        backing, barrier, _ = EXPECTED[backend]
+        scan = twins[backend].scans[0]
+        ram = describe_ram(parse_qemu_cmdline(scan.cmdline), scan.vmas)
+        assert ram["backing"] == backing, backend
+        assert ram["huge_page_size"] == (HUGE if backing == "hugetlb" else None)
+        assert ram["mem_merge"] is True, backend  # QEMU asked, whatever it got
+        assert ram["ksm_barrier"] == barrier, backend
+        assert ram["ksm_can_merge"] == (barrier is None), backend
+        assert ram["prealloc"] == (backend == "prealloc")
+        row = listed[scan.pid]  # `dedupx vms`, from the command line alone
+        assert row["mem_merge"] is True
+        assert row["ksm_barrier"] == barrier, backend
+
+        frames = hashed_frames(scan.to_frames()).collect()
+        guest = frames.filter(pl.col("guest_ram"))
+        assert guest.height > 10_000, backend
+        assert guest["anon"].all(), backend
+        assert guest["hugetlb"].all() == (backing == "hugetlb"), backend
+        eligible = guest.filter(pl.col("ksm_eligible")).height
+        assert (eligible > 10_000) if barrier is None else eligible == 0, (backend, eligible)
+        if barrier is not None:
+            assert (guest["ksm_barrier"] == barrier).all(), backend
+
+        within = dedupx.dedup_matrix(scan, scan.pid).row(0, named=True)
+        assert within["row"] == "within"
+        assert within["anon_anon"] > 5_000 and within["file_file"] < 200, (backend, within)
+        missed = {"hugetlb": within["missed_hugetlb"], "shared backend": 0}
+        missed["shared backend"] = within["missed_shared_backend"]
+        for why, n in missed.items():
+            # Guest RAM's copies KSM cannot reach, named for why; QEMU's own memory aside.
+            assert (n > 5_000) if why == barrier else n == 0, (backend, why, n)
+        if barrier is None:
+            assert within["ksm_reachable"] > 5_000, backend
+        else:
+            # Only QEMU's own mergeable memory is left to KSM (its guest RAM has none).
+            assert within["ksm_reachable"] < frames.filter(pl.col("ksm_eligible")).height
+
+
+def twin_frames(t: Twins) -> dedupx.Frames:
+    """One capture of both twins, from their two scans."""
+    pages = pl.concat([s.pages for s in t.scans])
+    return dedupx.Frames(
+        frames=frames_of(pages).lazy(),
+        pages=pages.lazy(),
+        vmas=pl.concat([s.vmas for s in t.scans]).lazy(),
+        processes=pl.concat([s.processes() for s in t.scans]).lazy(),
+        provenance=dedupx.Provenance(kind="process-scan", source="process_vm_readv"),
+    )
+
+
+def test_twin_matrix_same_whichever_backend(twins: dict[str, Twins]) -> None:
+    nonzero: dict[str, dict[str, int]] = {}
+    for backend in BACKENDS:
+        t = twins[backend]
+        m = {r["row"]: r for r in dedupx.dedup_matrix(twin_frames(t), t.scans[0].pid).to_dicts()}
+        nonzero[backend] = {row: m[row]["total"] - m[row]["zero"] for row in ("within", "vm")}
+        vm = m["vm"]
+        # Guest RAM meets its twin's in the anon/anon column whatever backs it.
+        assert vm["anon_anon"] > 5_000, (backend, vm)
+        assert vm["file_file"] + vm["anon_file"] < 0.01 * vm["anon_anon"], (backend, vm)
+        total = m["total"]
+        if backend == "hugetlbfs":
+            check_whole_huge_pages(t, total)
+        else:
+            assert total["hugetlb"] == total["hugetlb_whole"] == 0, backend
+        print(backend, {r: (m[r]["total"], m[r]["zero"], m[r]["hugetlb_whole"]) for r in m})
+    ref = nonzero["anon"]
+    for backend, rows in nonzero.items():
+        for row, n in rows.items():
+            assert abs(n - ref[row]) <= 0.01 * ref[row], (backend, row, n, ref[row])
+
+
+def check_whole_huge_pages(t: Twins, total: dict[str, Any]) -> None:
+    """Huge pages of the first twin whose every subpage is zero-filled are all freed whole
+    (its twin holds zero pages too); what is reachable without splitting is whole huge
+    pages, never more than perfect merging at 4 KiB."""
+    per_huge = HUGE // PAGE
+    scan = t.scans[0]
+    huge = scan.pages.filter(
+        pl.col("present") & ((pl.col("kpageflags") & (1 << 17)) != 0)
+    ).with_columns((pl.col("pfn") // per_huge).alias("huge_page"))
+    all_zero = (
+        huge.group_by("huge_page")
+        .agg((pl.col("zero").all() & (pl.len() == per_huge)).alias("z"))
+        .filter(pl.col("z"))
+        .height
+    )
+    assert all_zero > 0
+    assert total["hugetlb_whole"] % per_huge == 0
+    assert all_zero * per_huge <= total["hugetlb_whole"] <= total["hugetlb"] <= total["total"]
+
+
+def test_prealloc_zero_share_shows_what_the_guest_never_used(twins: dict[str, Twins]) -> None:
+    """A preallocated guest has every page backed; the pages the guest never used are
+    all-zero ones (zero page or zero-filled), about as many as an anonymous guest's unbacked
+    pages plus its all-zero ones."""
+    from dedupx.analysis.guest_backing import guest_backing
+
+    seen = {}
+    for backend in ("anon", "prealloc"):
+        scan = twins[backend].scans[0]
+        gm = scan.guest_map().filter(pl.col("block") == EXPECTED[backend][2])
+        b = guest_backing(gm, scan.frames)
+        seen[backend] = b
+        print(backend, b["guest_pages"], b["backed_pages"], b["backed_zero_pages"])
+    anon, pre = seen["anon"], seen["prealloc"]
+    assert pre["backed_pages"] == pre["guest_pages"]
+    unused_anon = anon["guest_pages"] - anon["backed_pages"] + anon["backed_zero_pages"]
+    assert abs(pre["backed_zero_pages"] - unused_anon) <= 0.01 * pre["guest_pages"]
+    assert pre["backed_zero_pages"] > pre["guest_pages"] // 4
