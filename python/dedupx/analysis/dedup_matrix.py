@@ -72,8 +72,11 @@ def dedup_matrix(
     """Rows ``within``, ``host``, ``vm`` and their ``total`` (column ``row``); columns
     ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
     (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
-    copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
-    ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
+    copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan; of them
+    ``missed_hugetlb`` and ``missed_shared_backend``, on backends KSM never scans),
+    ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split),
+    ``hugetlb`` (copies of V in hugetlb pages) and ``hugetlb_whole`` (of those, what is
+    reachable without splitting a huge page): docs/metrics.md."""
     f = as_frames(data)
     f.require("dedup_matrix", "pages", "processes")
     if missing_pids(f, [pid]):

@@ -28,6 +28,15 @@ def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
             (~pl.col("anon")).sum().alias("file"),
             pl.col("ksm_eligible").sum().alias("eligible"),
             (pl.col("ksm_eligible") & is_thp()).sum().alias("eligible_thp"),
+            *(
+                (pl.col("anon") & ~pl.col("ksm_eligible") & (pl.col("ksm_barrier") == why))
+                .sum()
+                .alias(name)
+                for name, why in (
+                    ("barred_hugetlb", "hugetlb"),
+                    ("barred_shared", "shared backend"),
+                )
+            ),
             pl.col("zero").first(),
             pl.col("paths").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
             pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
@@ -48,17 +57,25 @@ def duplicates(data: Frames | HasFrames) -> pl.DataFrame:
     """One row of page counts: ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages
     perfect merging would save), ``ksm_reachable`` (of those, what KSM can merge),
     ``ksm_missed_file`` (file-backed copies), ``ksm_missed_not_mergeable`` (anon copies KSM
-    does not scan), ``ksm_reachable_thp`` (of ``ksm_reachable``, copies held in a THP that
-    KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames``
+    does not scan; of them ``ksm_missed_hugetlb`` and ``ksm_missed_shared_backend``, on
+    backends KSM never scans), ``ksm_reachable_thp`` (of ``ksm_reachable``, copies held in
+    a THP that KSM must split first), ``zero_content`` (savings from all-zero pages), ``frames``
     (distinct hashed PFNs), ``groups`` (contents held by two or more frames). For a memory
     image, whose frames carry no flags, the split by kind and KSM's part are null."""
     f = as_frames(data)
     groups = duplicate_groups(hashed_frames(f))
+    missed = pl.col("anon_anon") - pl.col("ksm_reachable")
+    missed_h = pl.min_horizontal(pl.col("barred_hugetlb").cast(pl.Int64), missed)
     row = groups.select(
         *(pl.col(c).sum() for c in SAVING_COLUMNS),
         pl.col("ksm_reachable").sum(),
         (pl.col("file_file") + pl.col("anon_file")).sum().alias("ksm_missed_file"),
-        (pl.col("anon_anon") - pl.col("ksm_reachable")).sum().alias("ksm_missed_not_mergeable"),
+        missed.sum().alias("ksm_missed_not_mergeable"),
+        # Of those, copies on a backend KSM never scans (see dedupx.model.backing).
+        missed_h.sum().alias("ksm_missed_hugetlb"),
+        pl.min_horizontal(pl.col("barred_shared").cast(pl.Int64), missed - missed_h)
+        .sum()
+        .alias("ksm_missed_shared_backend"),
         # Of the copies KSM would merge, those sitting in a THP it must split first.
         pl.min_horizontal(pl.col("eligible_thp").cast(pl.Int64), pl.col("ksm_reachable"))
         .sum()

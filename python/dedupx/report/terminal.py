@@ -104,6 +104,9 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     t.add_row("  held in THPs (KSM splits them first)", *_pages(d["ksm_reachable_thp"], ps))
     t.add_row("missed: file-backed", *_pages(d["ksm_missed_file"], ps))
     t.add_row("missed: not mergeable", *_pages(d["ksm_missed_not_mergeable"], ps))
+    for key, why in (("hugetlb", "hugetlb"), ("shared_backend", "shared backend")):
+        if d.get(f"ksm_missed_{key}"):
+            t.add_row(f"  of which {why}", *_pages(d[f"ksm_missed_{key}"], ps))
     console.print(t)
 
     if r["top_duplicates"]:
