@@ -11,7 +11,8 @@ from dedupx.model.page_classes import is_zero_page
 
 def guest_backing(gpa_map: pl.DataFrame, frames: pl.DataFrame | None = None) -> dict[str, Any]:
     """From one guest's gpa map: ``guest_pages``, ``backed_pages`` (those with a host
-    page), the map's ``source``, and per RAM block its pages and backed pages. With the
+    page), the map's ``source``, and per RAM block its pages, backed pages and ``backing``
+    (what backs the host mappings that hold it, where the map says). With the
     capture's ``frames`` (``pfn``, ``zero``, ``kpageflags``), ``backed_zero_pages``: backed
     guest pages that hold only zeros (the kernel's zero page or a zero-filled frame):
     memory a preallocated guest, or any guest, has been given and never used (or freed and
@@ -28,9 +29,17 @@ def guest_backing(gpa_map: pl.DataFrame, frames: pl.DataFrame | None = None) -> 
         "guest_pages": gpa_map.height,
         "backed_pages": backed.height,
         "blocks": {
-            r["block"]: {"pages": r["pages"], "backed": r["backed"]}
+            r.pop("block"): r
             for r in gpa_map.group_by("block")
-            .agg(pl.len().alias("pages"), pl.col("pfn").is_not_null().sum().alias("backed"))
+            .agg(
+                pl.len().alias("pages"),
+                pl.col("pfn").is_not_null().sum().alias("backed"),
+                *(
+                    [pl.col("backing").drop_nulls().unique().sort().str.join("+")]
+                    if "backing" in gpa_map.columns
+                    else []
+                ),
+            )
             .sort("block")
             .iter_rows(named=True)
         },

@@ -166,8 +166,9 @@ def with_host_frames(layout: pl.DataFrame, pages: pl.DataFrame) -> pl.DataFrame:
     """A layout frame with each guest page's host ``pfn`` (null where the host has no page:
     never touched, or swapped), from the QEMU process's pages."""
     present = pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "pfn")
+    extra = (c for c in ("source", "backing") if c in layout.columns)
     return layout.join(present, on="hva", how="left").select(
-        "pid", "gpa", "hva", "pfn", "block", *(c for c in ("source",) if c in layout.columns)
+        "pid", "gpa", "hva", "pfn", "block", *extra
     )
 
 

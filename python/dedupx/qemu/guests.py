@@ -12,7 +12,7 @@ import polars as pl
 from dedupx.exceptions import DedupxError, ProcessNotFound, QmpError
 from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import GpaLayout, layout_frame, layout_from_cmdline, layout_from_qmp
-from dedupx.qemu.ram_backing import cmdline_ksm_barrier, hugetlbfs_mounts
+from dedupx.qemu.ram_backing import cmdline_ksm_barrier, hugetlbfs_mounts, with_backing
 
 
 @dataclass(frozen=True)
@@ -96,15 +96,17 @@ def guest_layout(cfg: QemuConfig, vmas: pl.DataFrame, qmp: Path | None = None) -
 
 def guest_layouts(processes: pl.DataFrame, vmas: pl.DataFrame) -> pl.DataFrame | None:
     """Every guest's guest-physical layout (``pid``, ``gpa``, ``hva``, ``block``,
-    ``source``): from QEMU over QMP where a socket its command line names answers (RAM
-    blocks of devices included), else from the command line; None without guests. A guest
-    that cannot be mapped is left out (its analyses say why)."""
+    ``source``, and the ``backing`` of the host mapping): from QEMU over QMP where a socket
+    its command line names answers (RAM blocks of devices included), else from the command
+    line; None without guests. A guest that cannot be mapped is left out (its analyses say
+    why)."""
     parts = []
     for pid, argv in processes.filter(pl.col("kind") == "vm").select("pid", "cmdline").iter_rows():
         cfg = parse_qemu_cmdline(list(argv))
+        mine = vmas.filter(pl.col("pid") == pid)
         try:
-            layout = guest_layout(cfg, vmas.filter(pl.col("pid") == pid))
+            layout = guest_layout(cfg, mine)
         except DedupxError:
             continue
-        parts.append(layout_frame(pid, layout))
+        parts.append(with_backing(layout_frame(pid, layout), mine))
     return pl.concat(parts) if parts else None

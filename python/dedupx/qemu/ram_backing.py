@@ -58,6 +58,26 @@ def guest_ram_vmas(processes: pl.LazyFrame, vmas: pl.LazyFrame) -> pl.DataFrame:
     return pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
 
 
+def with_backing(layout: pl.DataFrame, vmas: pl.DataFrame) -> pl.DataFrame:
+    """A gpa map or layout (``hva`` per guest page, one process) with ``backing``: what backs
+    the host mapping holding each guest page (null where no mapping holds it)."""
+    spans = (
+        vmas.select("start", "end", vma_backing().alias("backing"))
+        .sort("start")
+        .with_columns(pl.col("start").cast(pl.UInt64))
+    )
+    joined = (
+        layout.with_row_index("_row")
+        .sort("hva")
+        .join_asof(spans, left_on="hva", right_on="start", strategy="backward")
+        .with_columns(
+            pl.when(pl.col("hva") < pl.col("end")).then(pl.col("backing")).alias("backing")
+        )
+        .sort("_row")
+    )
+    return joined.select(*layout.columns, "backing")
+
+
 def describe_ram(cfg: QemuConfig, vmas: pl.DataFrame) -> dict[str, Any]:
     """What backs a guest's RAM, for reports: ``backing`` (``anon``, ``shmem``, ``hugetlb``,
     ``file``; several joined by "+"), ``huge_page_size`` (hugetlb only), ``paths`` of its
@@ -148,4 +168,5 @@ __all__ = [
     "guest_ram_vmas",
     "hugetlbfs_mounts",
     "ram_sizes",
+    "with_backing",
 ]

@@ -135,7 +135,8 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
                 f"{g['backed_pages']:,} of {g['guest_pages']:,}",
             )
             for block, b in g["blocks"].items():
-                t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+                on = f" ({escape(b['backing'])})" if b.get("backing") else ""
+                t.add_row(f"  {escape(block)}{on}", f"{b['backed']:,} of {b['pages']:,}")
             if g.get("backed_zero_pages") is not None:
                 t.add_row(
                     "  backed but all zeros (unused by the guest)", f"{g['backed_zero_pages']:,}"
@@ -274,6 +275,31 @@ def matrix_tables(
     return kinds, ksm
 
 
+def backend_notes(matrix: list[dict[str, Any]], ram: dict[str, Any] | None) -> list[str]:
+    """What the RAM's backing changes in a matrix, as plain lines: copies KSM cannot reach
+    and why, and the savings held in hugetlb pages, which are freed only whole."""
+    total = next((r for r in matrix if r["row"] == "total"), None)
+    if total is None:
+        return []
+    out = []
+    if ram and not ram.get("ksm_can_merge") and ram.get("ksm_barrier"):
+        asked = "asked" if ram.get("mem_merge") else "did not ask"
+        out.append(
+            f"KSM cannot merge this guest's RAM ({ram['ksm_barrier']}); "
+            f"QEMU {asked} for merging (mem-merge)."
+        )
+    for key, why in (("missed_hugetlb", "hugetlb"), ("missed_shared_backend", "shared backend")):
+        if total.get(key):
+            out.append(f"  KSM misses {pages_to_mib(total[key]):,.1f} MiB: {why}.")
+    if total.get("hugetlb"):
+        out.append(
+            f"In hugetlb pages: {pages_to_mib(total['hugetlb']):,.1f} MiB of the savings at "
+            f"4 KiB; {pages_to_mib(total['hugetlb_whole']):,.1f} MiB reachable without "
+            "splitting a huge page (freed whole)."
+        )
+    return out
+
+
 def cost_table(uss: dict[str, Any], cost: dict[str, Any]) -> Table:
     """What a VM costs (MiB): its USS now and its incremental cost given the others once
     KSM has merged what it can (the study's Figures 6.3/6.4), by cause."""
@@ -329,8 +355,13 @@ def _mib_pages(pages: int) -> str:
 
 def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
     for vm in vms:
-        for t in matrix_tables(f"VM {vm['pid']} ({escape(vm['comm'] or '')})", vm["dedup_matrix"]):
+        name = f"VM {vm['pid']} ({escape(vm['comm'] or '')})"
+        if vm.get("ram"):
+            name += f"; RAM: {escape(backing_label(vm['ram']))}"
+        for t in matrix_tables(name, vm["dedup_matrix"]):
             console.print(t)
+        for line in backend_notes(vm["dedup_matrix"], vm.get("ram")):
+            console.print(escape(line))
         uss, cost = vm.get("uss"), vm.get("incremental_cost")
         if uss and cost:
             console.print(cost_table(uss, cost))
