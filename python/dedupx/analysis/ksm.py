@@ -30,9 +30,19 @@ def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> 
     should reach once it has converged, if it can split THPs as it needs), ``pages_shared``
     (KSM pages it would keep), ``thp_frames`` (eligible frames now in THPs) and
     ``pages_sharing_thp`` (of ``pages_sharing``, merges of copies held in THPs: KSM must
-    split those first, and where many are it falls short by up to this much)."""
+    split those first, and where many are it falls short by up to this much);
+    ``barred_hugetlb`` and ``barred_shared_backend``: anon frames (guest RAM among them) KSM
+    never scans, whatever was asked, because they are hugetlb or shared memory."""
     m = max_sharing or max_page_sharing()
-    eligible = hashed_frames(as_frames(data)).filter(pl.col("ksm_eligible"))
+    frames = hashed_frames(as_frames(data))
+    barred = frames.filter(pl.col("anon").fill_null(False) & ~pl.col("ksm_eligible")).select(
+        (pl.col("ksm_barrier") == "hugetlb").sum().cast(pl.Int64).alias("barred_hugetlb"),
+        (pl.col("ksm_barrier") == "shared backend")
+        .sum()
+        .cast(pl.Int64)
+        .alias("barred_shared_backend"),
+    )
+    eligible = frames.filter(pl.col("ksm_eligible"))
     groups = eligible.group_by("hash").agg(
         pl.len().cast(pl.Int64).alias("e"), is_thp().fill_null(False).sum().alias("thp")
     )
@@ -49,7 +59,9 @@ def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> 
         .sum()
         .alias("pages_sharing_thp"),
     ).collect()
-    return row.with_columns(pl.all().fill_null(0).cast(pl.Int64))
+    return pl.concat([row, barred.collect()], how="horizontal").with_columns(
+        pl.all().fill_null(0).cast(pl.Int64)
+    )
 
 
 __all__ = ["ksm_prediction", "max_page_sharing"]
