@@ -6,6 +6,7 @@ all booted at once and paused. Checked against the kernel (smaps_rollup) and QEM
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -19,14 +20,18 @@ from typing import Any
 import blake3
 import polars as pl
 import pytest
+from rich.console import Console
 
 import dedupx
 from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.model.kpageflags import KPF_ZERO_PAGE
 from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.qemu.guests import find_guests
 from dedupx.qemu.ram_backing import describe_ram
+from dedupx.report.process import process_report
+from dedupx.report.terminal import render_process_report
 from dedupx.sources.process import frames_of
-from guest_kit import Guest, ensure_packages, guest_assets
+from guest_kit import Guest, ensure_packages, guest_assets, qga_args
 from helpers import KSM, as_root, read, rollup
 
 MEM_MIB = 256
@@ -265,6 +270,12 @@ def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> No
         if barrier is not None:
             assert (guest["ksm_barrier"] == barrier).all(), backend
 
+        pred = dedupx.ksm_prediction(scan).row(0, named=True)
+        barred = {"hugetlb": pred["barred_hugetlb"], "shared backend": 0}
+        barred["shared backend"] = pred["barred_shared_backend"]
+        for why, n in barred.items():
+            assert n == (guest.height if why == barrier else 0), (backend, why, n)
+
         within = dedupx.dedup_matrix(scan, scan.pid).row(0, named=True)
         assert within["row"] == "within"
         assert within["anon_anon"] > 5_000 and within["file_file"] < 200, (backend, within)
@@ -352,3 +363,60 @@ def test_prealloc_zero_share_shows_what_the_guest_never_used(twins: dict[str, Tw
     unused_anon = anon["guest_pages"] - anon["backed_pages"] + anon["backed_zero_pages"]
     assert abs(pre["backed_zero_pages"] - unused_anon) <= 0.01 * pre["guest_pages"]
     assert pre["backed_zero_pages"] > pre["guest_pages"] // 4
+
+
+def test_scan_report_says_what_backs_ram_and_what_ksm_can_do(twins: dict[str, Twins]) -> None:
+    """`dedupx scan --pid` of a guest: the backing, mem-merge as QEMU asked it, and apart
+    from it whether KSM can merge the RAM; hugetlb apart from RSS, as smaps_rollup has it."""
+    for backend, line in (
+        ("hugetlbfs", "no (hugetlb)"),
+        ("memfd", "no (shared backend)"),
+        ("prealloc", "yes"),
+    ):
+        scan = twins[backend].scans[0]
+        r = process_report(scan, gpa_map=scan.guest_map())
+        console = Console(width=100, record=True, color_system=None)
+        render_process_report(r, console)
+        text = console.export_text()
+        ram = next(x for x in text.splitlines() if "RAM backed by" in x)
+        assert EXPECTED[backend][0] in ram, ram
+        asked = next(x for x in text.splitlines() if "mem-merge (what QEMU asked)" in x)
+        assert asked.strip(" │").endswith("yes"), asked
+        can = next(x for x in text.splitlines() if "KSM can merge guest RAM" in x)
+        assert can.strip(" │").endswith(line), can
+        kernel = twins[backend].rollups[0]
+        assert r["rss_bytes"] == pytest.approx(kernel["Rss"], rel=0.005)
+        if backend == "hugetlbfs":
+            assert "hugetlb 2 MiB" in ram
+            assert any(x.strip(" │").startswith("hugetlb, private") for x in text.splitlines())
+
+
+def test_prealloc_guest_free_class_is_backed(tmp_path: Path) -> None:
+    """What the guest says is free is backed all the same in a preallocated guest: the USS
+    counts it as guest RAM the guest calls free, unless the host maps it to its zero page
+    (the kernel splits under-used THPs so), which costs nothing."""
+    ensure_packages()
+    sock_dir = Path(tempfile.mkdtemp(prefix="dqga-"))  # unix socket paths must be short
+    sock = sock_dir / "qga.sock"
+    try:
+        args = [*backend_args("prealloc", Path(), Path()), *qga_args(sock)]
+        assets = guest_assets(variant="qga")
+        with Guest(assets, mem_mib=MEM_MIB, name="told", workdir=tmp_path, extra_args=args) as g:
+            view = dedupx.read_guest_qga(sock)
+            g.stop()
+            scan = dedupx.scan(g.pid)
+            gm = scan.guest_map()
+            told = view.guest_frames(g.pid)
+            uss = dedupx.uss_breakdown(scan.to_frames().with_gpa_map(gm), g.pid, told)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    free = told.filter(pl.col("class") == "free").select((pl.col("gfn") * PAGE).alias("gpa"))
+    ram = gm.filter(pl.col("block") == "mem")
+    free_ram = ram.join(free, on="gpa", how="semi")
+    assert free_ram.height > ram.height // 4  # an idle guest is mostly free
+    assert free_ram["pfn"].null_count() == 0  # backed, used or not
+    zero_page = scan.frames.filter((pl.col("kpageflags") & (1 << KPF_ZERO_PAGE)) != 0)["pfn"]
+    on_zero_page = free_ram.filter(pl.col("pfn").is_in(zero_page.implode())).height
+    in_uss = uss["guest_ram_by_class"]["free"]
+    print("free", free_ram.height, "in USS", in_uss, "on the zero page", on_zero_page)
+    assert abs(in_uss + on_zero_page - free_ram.height) <= 0.01 * free_ram.height

@@ -137,10 +137,8 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
             for block, b in g["blocks"].items():
                 on = f" ({escape(b['backing'])})" if b.get("backing") else ""
                 t.add_row(f"  {escape(block)}{on}", f"{b['backed']:,} of {b['pages']:,}")
-            if g.get("backed_zero_pages") is not None:
-                t.add_row(
-                    "  backed but all zeros (unused by the guest)", f"{g['backed_zero_pages']:,}"
-                )
+                if b.get("zero"):
+                    t.add_row("    backed but all zeros (never used)", f"{b['zero']:,}")
         within = next((r for r in g.get("dedup_matrix", []) if r["row"] == "within"), None)
         if within:
             t.add_row("duplicated within the guest (pages)", f"{within['total']:,}")
