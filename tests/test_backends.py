@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import dedupx
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.model.kpageflags import KPF_ZERO_PAGE
 from dedupx.qemu.cmdline import parse_qemu_cmdline
+from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline
 from dedupx.qemu.guests import find_guests
 from dedupx.qemu.ram_backing import describe_ram
 from dedupx.report.process import process_report
@@ -51,6 +53,12 @@ EXPECTED = {
 }
 
 pytestmark = pytest.mark.skipif(not as_root(), reason="scanning QEMU needs root")
+
+
+# The guest zeroes what it frees (QEMU keeps the last -append): what a guest freed keeps
+# stale data otherwise, such as its compressed initramfs (a megabyte) in one twin and not
+# in the other, and the twins would differ by what the allocator happened to reuse.
+APPEND = ("-append", "console=ttyS0 quiet panic=-1 init_on_free=1")
 
 
 def backend_args(backend: str, hugetlbfs: Path, shm_file: Path) -> list[str]:
@@ -123,7 +131,7 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]
                     mem_mib=MEM_MIB,
                     name=f"{backend}{i}",
                     workdir=work,
-                    extra_args=backend_args(backend, huge, shm / f"ram{i}"),
+                    extra_args=[*APPEND, *backend_args(backend, huge, shm / f"ram{i}")],
                 )
                 for i in (1, 2)
             )
@@ -146,6 +154,10 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]
                             raise
                         g.close()
                         g.start()
+                    # Paused as soon as booted: an idle guest's memory drifts as it runs
+                    # (timers, slab, page cache), and the twins must differ as little as
+                    # they can whenever each booted.
+                    g.stop()
                 except BaseException as e:  # reported below, from the test's thread
                     errors.append(e)
 
@@ -156,9 +168,6 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]
             t.join()
         if errors:
             raise errors[0]
-        for pair in guests.values():
-            for g in pair:
-                g.stop()  # nothing moves while the tests read
         out = scan_all(guests)
         if any_merged(out):
             # Another test turned KSM on and merged our guests' pages: the duplicates this
@@ -213,6 +222,18 @@ def test_guest_map_equals_dump_on_every_page(twins: dict[str, Twins], tmp_path: 
         )
         assert joined["hva"].null_count() == 0, backend
         assert (joined["hash"] == joined["hash_live"]).all(), backend
+        # Without QMP, from the command line: the same pages of main RAM, whatever backs it.
+        layout = layout_from_cmdline(parse_qemu_cmdline(scan.cmdline), scan.vmas)
+        assert EXPECTED[backend][0] in layout.source, layout.source
+        by_cmdline = (
+            gpa_map(g.pid, layout, scan.pages)
+            .join(img, on="gpa", how="left")
+            .join(live, on="hva", how="left", suffix="_live")
+            .with_columns(pl.col("hash_live").fill_null(ZERO))
+        )
+        assert set(by_cmdline["block"]) == {EXPECTED[backend][2]}, backend
+        assert by_cmdline["hash"].null_count() == 0, backend
+        assert (by_cmdline["hash"] == by_cmdline["hash_live"]).all(), backend
         main = EXPECTED[backend][2]
         ram = gm.filter(pl.col("block") == main)
         assert ram.height >= (MEM_MIB << 20) // PAGE - 0x20000 // PAGE, backend
@@ -319,10 +340,12 @@ def test_twin_matrix_same_whichever_backend(twins: dict[str, Twins]) -> None:
         else:
             assert total["hugetlb"] == total["hugetlb_whole"] == 0, backend
         print(backend, {r: (m[r]["total"], m[r]["zero"], m[r]["hugetlb_whole"]) for r in m})
-    ref = nonzero["anon"]
-    for backend, rows in nonzero.items():
-        for row, n in rows.items():
-            assert abs(n - ref[row]) <= 0.01 * ref[row], (backend, row, n, ref[row])
+    # Each backend's twins against the median of all: two boots never hold quite the same
+    # pages, and a backend must not move the figures beyond that noise.
+    for row in ("within", "vm"):
+        ref = statistics.median(rows[row] for rows in nonzero.values())
+        for backend, rows in nonzero.items():
+            assert abs(rows[row] - ref) <= 0.01 * ref, (backend, row, rows[row], ref)
 
 
 def check_whole_huge_pages(t: Twins, total: dict[str, Any]) -> None:
