@@ -297,6 +297,17 @@ def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> No
         for why, n in barred.items():
             assert n == (guest.height if why == barrier else 0), (backend, why, n)
 
+        dup = dedupx.duplicates(scan).row(0, named=True)
+        if backing == "hugetlb":
+            # One copy of each content is kept, outside huge pages where one is: every
+            # all-zero huge page but perhaps one is freed whole.
+            zero_huge = all_zero_huge_pages(scan)
+            assert dup["hugetlb_whole"] % (HUGE // PAGE) == 0
+            assert (zero_huge - 1) * HUGE // PAGE <= dup["hugetlb_whole"] <= dup["hugetlb"]
+            assert dup["hugetlb"] <= dup["total"]
+        else:
+            assert dup["hugetlb"] == dup["hugetlb_whole"] == 0, backend
+
         within = dedupx.dedup_matrix(scan, scan.pid).row(0, named=True)
         assert within["row"] == "within"
         assert within["anon_anon"] > 5_000 and within["file_file"] < 200, (backend, within)
@@ -353,19 +364,22 @@ def check_whole_huge_pages(t: Twins, total: dict[str, Any]) -> None:
     (its twin holds zero pages too); what is reachable without splitting is whole huge
     pages, never more than perfect merging at 4 KiB."""
     per_huge = HUGE // PAGE
-    scan = t.scans[0]
-    huge = scan.pages.filter(
-        pl.col("present") & ((pl.col("kpageflags") & (1 << 17)) != 0)
-    ).with_columns((pl.col("pfn") // per_huge).alias("huge_page"))
-    all_zero = (
-        huge.group_by("huge_page")
+    all_zero = all_zero_huge_pages(t.scans[0])
+    assert all_zero > 0
+    assert total["hugetlb_whole"] % per_huge == 0
+    assert all_zero * per_huge <= total["hugetlb_whole"] <= total["hugetlb"] <= total["total"]
+
+
+def all_zero_huge_pages(scan: dedupx.ProcessScan) -> int:
+    """Huge pages of the scan whose every subpage holds only zeros, counted by hand."""
+    per_huge = HUGE // PAGE
+    huge = scan.pages.filter(pl.col("present") & ((pl.col("kpageflags") & (1 << 17)) != 0))
+    return (
+        huge.group_by(pl.col("pfn") // per_huge)
         .agg((pl.col("zero").all() & (pl.len() == per_huge)).alias("z"))
         .filter(pl.col("z"))
         .height
     )
-    assert all_zero > 0
-    assert total["hugetlb_whole"] % per_huge == 0
-    assert all_zero * per_huge <= total["hugetlb_whole"] <= total["hugetlb"] <= total["total"]
 
 
 def test_prealloc_zero_share_shows_what_the_guest_never_used(twins: dict[str, Twins]) -> None:

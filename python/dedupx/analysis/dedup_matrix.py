@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.analysis.huge_pages import dropped_copies
 from dedupx.exceptions import NotAGuest, ProcessNotFound, UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_thp
@@ -267,46 +268,21 @@ def _row(name: str, r: dict[str, Any]) -> dict[str, Any]:
 
 def huge_page_savings(frames: pl.DataFrame, per: pl.DataFrame) -> dict[str, Any]:
     """Of each row's savings, V's copies held in hugetlb pages (``hugetlb``), and of those
-    the ones in huge pages every subpage of which is a copy merging drops
-    (``hugetlb_whole``): a huge page is freed whole or not at all, so only those are
-    reachable without splitting it. Of a content V holds ``n`` times, ``n - 1`` copies
-    count in ``within`` and the one V keeps, if a partner holds the content, in the
-    partner's row; V keeps a copy outside hugetlb pages where it has one (else the one at
-    the lowest PFN), a rule that frees no fewer huge pages than keeping any other."""
+    the ones in huge pages freed whole (``hugetlb_whole``: dedupx.analysis.huge_pages). Of
+    a content V holds ``n`` times, ``n - 1`` copies count in ``within``, and the one V
+    keeps, if a partner holds the content, in the partner's row."""
     v = frames.filter(pl.col("scope") == "v").select("pfn", "hash", "hugetlb", "page_size")
-    empty: dict[str, Any] = {"within": {}, "partner": {}}
     if v.height == 0 or not v["hugetlb"].any():
-        return empty
-    v = (
-        v.join(per.select("hash", "partner"), on="hash", how="left")
-        .sort("hugetlb", "pfn")
-        .with_columns(pl.int_range(pl.len()).over("hash").alias("rank"))
-        .with_columns(
-            ((pl.col("rank") > 0) | pl.col("partner").is_not_null()).alias("dropped"),
-            pl.when(pl.col("rank") > 0)
-            .then(pl.lit("within"))
-            .otherwise(pl.col("partner"))
-            .alias("row"),
-            (pl.col("pfn") // (pl.col("page_size") // PAGE_SIZE)).alias("huge_page"),
-        )
+        return {"within": {}, "partner": {}}
+    v = dropped_copies(
+        v.join(per.select("hash", "partner"), on="hash", how="left"),
+        held_elsewhere=pl.col("partner").is_not_null(),
     )
-    whole = (
-        v.filter(pl.col("hugetlb"))
-        .group_by("huge_page")
-        .agg(
-            (
-                pl.col("dropped").all() & (pl.len() == pl.col("page_size").first() // PAGE_SIZE)
-            ).alias("whole")
-        )
-    )
+    row = pl.when(pl.col("kept")).then(pl.col("partner")).otherwise(pl.lit("within"))
     counts = (
         v.filter(pl.col("dropped") & pl.col("hugetlb"))
-        .join(whole, on="huge_page", how="left")
-        .group_by("row")
-        .agg(
-            pl.len().alias("hugetlb"),
-            pl.col("whole").fill_null(False).sum().alias("hugetlb_whole"),
-        )
+        .group_by(row.alias("row"))
+        .agg(pl.len().alias("hugetlb"), pl.col("whole").sum().alias("hugetlb_whole"))
     )
     by_row = {r.pop("row"): r for r in counts.iter_rows(named=True)}
     return {"within": by_row.pop("within", {}), "partner": by_row}

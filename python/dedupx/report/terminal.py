@@ -94,7 +94,13 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     d = r["duplicates"]
-    console.print(savings_table(d, (("zero_content", "  of which zero-filled"),)))
+    more = [("zero_content", "  of which zero-filled")]
+    if d.get("hugetlb"):  # freed only whole: what is reachable without splitting one
+        more += [
+            ("hugetlb", "  of which in hugetlb pages"),
+            ("hugetlb_whole", "    in huge pages freed whole"),
+        ]
+    console.print(savings_table(d, tuple(more)))
 
     t = Table(title="KSM", title_justify="left")
     t.add_column("")
