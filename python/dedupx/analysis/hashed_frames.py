@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from dedupx.exceptions import MissingFrames
-from dedupx.model.backing import ksm_barrier, vma_backing, vma_page_size
+from dedupx.model.backing import DEFAULT_HUGE_PAGE, ksm_barrier, vma_backing, vma_page_size
 from dedupx.model.frames import Frames
 from dedupx.model.page_classes import is_anon, is_hugetlb, is_ksm_eligible, is_shmem, is_zero_page
 from dedupx.model.units import PAGE_SIZE
@@ -38,16 +38,20 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
             pl.lit(["image"]).alias("kinds"),
             pl.lit(None, dtype=pl.Boolean).alias("anon"),
             *_no_mapping(),
-        )
+        ).with_columns(_unmapped_hugetlb())
     frames = frames.filter(~is_zero_page()).select("pfn", "hash", "kpageflags", "zero")
     if f.pages is None:
-        return frames.with_columns(
-            pl.lit(False).alias("ksm_eligible"),
-            pl.lit(["[unmapped]"]).alias("paths"),
-            pl.lit(["unmapped"]).alias("kinds"),
-            is_anon().alias("anon"),
-            *_no_mapping(),
-        ).with_columns(_unmapped_hugetlb())
+        return (
+            frames.with_columns(
+                pl.lit(False).alias("ksm_eligible"),
+                pl.lit(["[unmapped]"]).alias("paths"),
+                pl.lit(["unmapped"]).alias("kinds"),
+                is_anon().alias("anon"),
+                *_no_mapping(),
+            )
+            .with_columns(is_hugetlb().fill_null(False).alias("hugetlb"))
+            .with_columns(_unmapped_hugetlb())
+        )
     return (
         frames.join(mapped_by(f), on="pfn", how="left")
         .with_columns(
@@ -58,8 +62,7 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
         )
         .with_columns(
             (is_anon() | pl.col("guest_ram")).alias("anon"),
-            (pl.col("hugetlb").fill_null(False) | is_hugetlb()).alias("hugetlb"),
-            pl.col("page_size").fill_null(PAGE_SIZE),
+            (pl.col("hugetlb").fill_null(False) | is_hugetlb().fill_null(False)).alias("hugetlb"),
         )
         .with_columns(_unmapped_hugetlb())
         .with_columns(_shmem_barrier())
@@ -70,19 +73,22 @@ def _no_mapping() -> list[pl.Expr]:
     return [
         pl.lit(False).alias("guest_ram"),
         pl.lit(False).alias("hugetlb"),
-        pl.lit(PAGE_SIZE, dtype=pl.UInt64).alias("page_size"),
+        pl.lit(None, dtype=pl.UInt64).alias("page_size"),
         pl.lit(None, dtype=pl.String).alias("ksm_barrier"),
     ]
 
 
-def _unmapped_hugetlb() -> pl.Expr:
-    """A hugetlb page no mapping names (a host snapshot's): KSM cannot merge it either."""
-    return (
-        pl.when(pl.col("hugetlb"))
-        .then(pl.lit("hugetlb"))
-        .otherwise(pl.col("ksm_barrier"))
-        .alias("ksm_barrier")
-    )
+def _unmapped_hugetlb() -> list[pl.Expr]:
+    """A hugetlb page no mapping names (a host snapshot's): KSM cannot merge it either, and
+    its size is hugetlbfs's default, as no KernelPageSize says otherwise."""
+    huge = pl.col("hugetlb")
+    return [
+        pl.when(huge).then(pl.lit("hugetlb")).otherwise(pl.col("ksm_barrier")).alias("ksm_barrier"),
+        pl.when(pl.col("page_size").is_null() & huge)
+        .then(pl.lit(DEFAULT_HUGE_PAGE, dtype=pl.UInt64))
+        .otherwise(pl.col("page_size").fill_null(PAGE_SIZE))
+        .alias("page_size"),
+    ]
 
 
 def _shmem_barrier() -> pl.Expr:
