@@ -316,6 +316,12 @@ def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> No
         for why, n in missed.items():
             # Guest RAM's copies KSM cannot reach, named for why; QEMU's own memory aside.
             assert (n > 5_000) if why == barrier else n == 0, (backend, why, n)
+        print(
+            backend,
+            {k: within[k] for k in ("anon_anon", "ksm_reachable", "missed_not_mergeable")},
+            {k: within[k] for k in ("missed_hugetlb", "missed_shared_backend")},
+            {k: pred[k] for k in ("eligible_frames", "barred_hugetlb", "barred_shared_backend")},
+        )
         if barrier is None:
             assert within["ksm_reachable"] > 5_000, backend
         else:
