@@ -1,7 +1,8 @@
 """Guests as production runs them: the same TCG guest on each RAM backend (anonymous, memfd
 shared, hugetlbfs 2 MiB, a file in /dev/shm, anonymous preallocated), two twins of each,
-all booted at once and paused. Checked against the kernel (smaps_rollup) and QEMU
-(dump-guest-memory), and against each other: the backend must not change the answers."""
+booted four at a time and each paused once booted. Checked against the kernel
+(smaps_rollup) and QEMU (dump-guest-memory), and against each other: the backend must not
+change the answers."""
 
 from __future__ import annotations
 
@@ -121,23 +122,16 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]
     ksm_quiet()  # let another test's KSM run finish first: it would merge these guests
     shm = Path(tempfile.mkdtemp(prefix="dedupx-test-", dir="/dev/shm"))
     with ExitStack() as stack:
-        stack.callback(lambda: subprocess.run(["rm", "-rf", str(shm)], check=False))
+        stack.callback(shutil.rmtree, shm, ignore_errors=True)
         huge = stack.enter_context(hugepages_reserved(2 * MEM_MIB * (1 << 20) // HUGE, work))
-        guests: dict[str, tuple[Guest, Guest]] = {}
-        for backend in EXPECTED:
-            pair = tuple(
-                Guest(
-                    assets,
-                    mem_mib=MEM_MIB,
-                    name=f"{backend}{i}",
-                    workdir=work,
-                    extra_args=[*APPEND, *backend_args(backend, huge, shm / f"ram{i}")],
-                )
-                for i in (1, 2)
-            )
-            guests[backend] = pair  # type: ignore[assignment]
-            for g in pair:
-                stack.callback(g.close)  # closed before the hugepages are given back
+
+        def guest(backend: str, i: int) -> Guest:
+            args = [*APPEND, *backend_args(backend, huge, shm / f"{backend}{i}")]
+            g = Guest(assets, mem_mib=MEM_MIB, name=f"{backend}{i}", workdir=work, extra_args=args)
+            stack.callback(g.close)  # closed before the hugepages are given back
+            return g
+
+        guests = {backend: (guest(backend, 1), guest(backend, 2)) for backend in EXPECTED}
         errors: list[BaseException] = []
         # A few at a time: a TCG guest starved of CPU can fail the kernel's early timer
         # check and panic ("IO-APIC + timer doesn't work"), which says nothing of its RAM;
@@ -292,8 +286,10 @@ def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> No
             assert (guest["ksm_barrier"] == barrier).all(), backend
 
         pred = dedupx.ksm_prediction(scan).row(0, named=True)
-        barred = {"hugetlb": pred["barred_hugetlb"], "shared backend": 0}
-        barred["shared backend"] = pred["barred_shared_backend"]
+        barred = {
+            "hugetlb": pred["barred_hugetlb"],
+            "shared backend": pred["barred_shared_backend"],
+        }
         for why, n in barred.items():
             assert n == (guest.height if why == barrier else 0), (backend, why, n)
 
@@ -311,8 +307,10 @@ def test_guest_ram_is_anon_and_ksm_reach_says_why(twins: dict[str, Twins]) -> No
         within = dedupx.dedup_matrix(scan, scan.pid).row(0, named=True)
         assert within["row"] == "within"
         assert within["anon_anon"] > 5_000 and within["file_file"] < 200, (backend, within)
-        missed = {"hugetlb": within["missed_hugetlb"], "shared backend": 0}
-        missed["shared backend"] = within["missed_shared_backend"]
+        missed = {
+            "hugetlb": within["missed_hugetlb"],
+            "shared backend": within["missed_shared_backend"],
+        }
         for why, n in missed.items():
             # Guest RAM's copies KSM cannot reach, named for why; QEMU's own memory aside.
             assert (n > 5_000) if why == barrier else n == 0, (backend, why, n)
