@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from dedupx.exceptions import QmpError
-from dedupx.qemu.cmdline import parse_qemu_cmdline, parse_size
+from dedupx.qemu.cmdline import QemuConfig, parse_qemu_cmdline, parse_size
 from dedupx.qemu.gpa_map import layout_from_qmp, parse_mtree_ram
 
 
@@ -177,3 +177,65 @@ def test_ept_dump(tmp_path: Path) -> None:
     csv.write_text("gpa,host\n0,0\n")
     with pytest.raises(NotAGuest, match="hpa"):
         gpa_map_from_ept(7, csv)
+
+
+def test_ram_backends_and_what_ksm_can_do() -> None:
+    from dedupx.qemu.ram_backing import cmdline_ksm_barrier
+
+    def cfg(*args: str) -> QemuConfig:
+        return parse_qemu_cmdline(["qemu-system-x86_64", "-m", "1G", *args])
+
+    backend = "memory-backend-{},id=m,size=1G{}"
+    huge = ["/dev/hugepages"]
+    cases = {
+        (): None,
+        ("-machine", "mem-merge=off"): "mem-merge=off",
+        ("-object", backend.format("memfd", "")): "shared backend",  # memfd shares by default
+        ("-object", backend.format("memfd", ",share=off")): None,
+        ("-object", backend.format("memfd", ",hugetlb=on,share=off")): "hugetlb",
+        ("-object", backend.format("file", ",mem-path=/dev/hugepages,share=on")): "hugetlb",
+        ("-object", backend.format("file", ",mem-path=/dev/hugepages/vm1")): "hugetlb",
+        ("-object", backend.format("file", ",mem-path=/dev/shm/vm1,share=on")): "shared backend",
+        ("-mem-path", "/dev/hugepages"): "hugetlb",
+        ("-object", backend.format("ram", ",prealloc=on")): None,
+    }
+    for args, barrier in cases.items():
+        c = cfg(*args)
+        assert cmdline_ksm_barrier(c, huge) == barrier, args
+        assert c.mem_merge == (args != ("-machine", "mem-merge=off")), args  # as asked
+    assert cfg("-object", backend.format("ram", ",prealloc=on")).mem_prealloc
+    assert cfg("-mem-prealloc").mem_prealloc and not cfg().mem_prealloc
+    assert cfg("-mem-path", "/dev/hugepages").mem_path == "/dev/hugepages"
+
+
+def test_guest_ram_mappings_and_their_backing() -> None:
+    from dedupx.qemu.ram_backing import backing_label, describe_ram, with_backing
+
+    gib = 1 << 30
+    vmas = pl.DataFrame(
+        {
+            "pid": [1, 1, 1, 1],
+            "vma_id": [0, 1, 2, 3],
+            "start": [0x1000_0000, 0x1_0000_0000, 0x2_0000_0000, 0x3_0000_0000],
+            "end": [0x1010_0000, 0x1_0000_0000 + gib, 0x2_0000_0000 + gib, 0x3_0000_0000 + gib],
+            "perms": ["r-xp", "rwxp", "rw-s", "rw-p"],
+            "path": ["/usr/bin/qemu", "", "/dev/hugepages/qemu_back_mem.m.x (deleted)", ""],
+            "kind": ["file", "anon", "file", "anon"],
+            "vm_flags": ["rd ex", "rd wr ex", "rd wr sh ht", "rd wr mg"],
+            "mergeable": [False, False, False, True],
+            "kernel_page_size": [4096, 4096, 2 << 20, 4096],
+        }
+    )
+    argv = ["qemu-system-x86_64", "-m", "1G", "-object"]
+    hugetlb = parse_qemu_cmdline([*argv, "memory-backend-file,id=m,size=1G,share=on"])
+    # The TCG translation cache has the RAM's size too, but is executable: never RAM.
+    ram = describe_ram(hugetlb, vmas.filter(pl.col("vma_id") != 3))
+    assert ram["backing"] == "hugetlb" and ram["huge_page_size"] == 2 << 20
+    assert (ram["mem_merge"], ram["ksm_can_merge"], ram["ksm_barrier"]) == (True, False, "hugetlb")
+    assert backing_label(ram) == "hugetlb 2 MiB, shared"
+    anon = describe_ram(parse_qemu_cmdline(argv[:3]), vmas.filter(pl.col("vma_id") != 2))
+    assert (anon["backing"], anon["ksm_can_merge"], anon["ksm_barrier"]) == ("anon", True, None)
+    layout = pl.DataFrame({"gpa": [0, 4096, 8192], "hva": [0x2_0000_0000, 0x3_0000_1000, 5]})
+    got = with_backing(layout, vmas)
+    assert got["backing"].to_list() == ["hugetlb", "anon", None]
+    assert got.columns == ["gpa", "hva", "backing"]

@@ -557,8 +557,9 @@ def compare_cmd(a: str, b: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def vms_cmd(as_json: bool) -> None:
     """List the QEMU/KVM guests on this host: PID, name (-name), RAM (-m), machine,
-    accelerator, whether KSM may merge their RAM (mem-merge, not a shared backend), memory
-    backends, QMP sockets, and footprint (RSS/PSS of the QEMU process)."""
+    accelerator, mem-merge as QEMU asked it and, apart, whether KSM can merge their RAM
+    (not on hugetlbfs or a shared backend), memory backends, QMP sockets, and footprint
+    (RSS/PSS of the QEMU process; hugetlb pages are not in them, as in smaps)."""
 
     def work() -> None:
         rows = [g.row() for g in find_guests()]

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.analysis.huge_pages import dropped_copies
 from dedupx.exceptions import NotAGuest, ProcessNotFound, UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_thp
@@ -72,8 +73,11 @@ def dedup_matrix(
     """Rows ``within``, ``host``, ``vm`` and their ``total`` (column ``row``); columns
     ``anon_anon``, ``file_file``, ``anon_file``, ``total`` (pages), ``mib`` (total in MiB), ``zero``
     (pages of it with all-zero content), ``ksm_reachable``, ``missed_file`` (a file-backed
-    copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan) and
-    ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split)."""
+    copy is involved), ``missed_not_mergeable`` (anon copies KSM does not scan; of them
+    ``missed_hugetlb`` and ``missed_shared_backend``, on backends KSM never scans),
+    ``ksm_reachable_thp`` (of the reachable, copies of V held in a THP KSM must split),
+    ``hugetlb`` (copies of V in hugetlb pages) and ``hugetlb_whole`` (of those, what is
+    reachable without splitting a huge page): docs/metrics.md."""
     f = as_frames(data)
     f.require("dedup_matrix", "pages", "processes")
     if missing_pids(f, [pid]):
@@ -110,8 +114,10 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         raise UsageError(f"order must name 'host' and {peer!r}, not {order!r}")
     first, second = order
     scopes = ("v", "host", peer)
+    frames = scoped_frames(f, pids, peer).collect()
+    barrier = {"h": "hugetlb", "s": "shared backend"}
     per = (
-        scoped_frames(f, pids, peer)
+        frames.lazy()
         .group_by("hash")
         .agg(
             *(
@@ -124,12 +130,24 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
                 )
             ),
             (pl.col("thp") & (pl.col("scope") == "v")).sum().alias("t_v"),
+            *(
+                (
+                    pl.col("anon")
+                    & ~pl.col("ksm_eligible")
+                    & (pl.col("scope") == s)
+                    & (pl.col("ksm_barrier") == why)
+                )
+                .sum()
+                .alias(f"{b}_{s}")
+                for s in scopes
+                for b, why in barrier.items()
+            ),
             pl.col("zero").first(),
         )
         .filter(pl.col("a_v") + pl.col("f_v") > 0)
         .collect()
     )
-    cast = {c: pl.Int64 for c in per.columns if c[:2] in ("a_", "f_", "e_", "t_")}
+    cast = {c: pl.Int64 for c in per.columns if c[:2] in ("a_", "f_", "e_", "t_", "h_", "s_")}
     per = per.cast(cast)  # type: ignore[arg-type]
     held = {s: (pl.col(f"a_{s}") + pl.col(f"f_{s}")) > 0 for s in (first, second)}
     partner = pl.when(held[first]).then(pl.lit(first)).when(held[second]).then(pl.lit(second))
@@ -149,13 +167,38 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         .then(pl.col(f"e_{first}"))
         .otherwise(pl.col(f"e_{second}"))
     )
+    h_p, s_p = (
+        pl.when(pl.col("partner") == first)
+        .then(pl.col(f"{b}_{first}"))
+        .otherwise(pl.col(f"{b}_{second}"))
+        for b in ("h", "s")
+    )
+    # Why KSM misses a copy it cannot merge: V's side first, then the partner's.
+    side_v = pl.col("e_v") == 0
+    reason = (
+        pl.when(side_v & (pl.col("h_v") > 0))
+        .then(pl.lit("h"))
+        .when(side_v & (pl.col("s_v") > 0))
+        .then(pl.lit("s"))
+        .when(side_v)
+        .then(pl.lit("n"))
+        .when(h_p > 0)
+        .then(pl.lit("h"))
+        .when(s_p > 0)
+        .then(pl.lit("s"))
+        .otherwise(pl.lit("n"))
+    )
     per = per.with_columns(
+        reason.alias("reason"),
         ((pl.col("a_v") > 0) & (a_p > 0)).alias("p_aa"),
         (((pl.col("a_v") == 0) | (a_p == 0)) & (pl.col("f_v") > 0) & (f_p > 0)).alias("p_ff"),
         ((pl.col("e_v") > 0) & (e_p > 0)).alias("p_ksm"),
     )
 
+    hugetlb = huge_page_savings(frames, per)
     rows = []
+    missed = (pl.col("a_v") - 1).clip(0) - (pl.col("e_v") - 1).clip(0)
+    missed_h = pl.min_horizontal(pl.col("h_v"), missed)
     within = per.select(
         (pl.col("a_v") - 1).clip(0).sum().alias("anon_anon"),
         (pl.col("f_v") - 1).clip(0).sum().alias("file_file"),
@@ -163,8 +206,10 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         (pl.col("e_v") - 1).clip(0).sum().alias("ksm_reachable"),
         pl.min_horizontal(pl.col("t_v"), (pl.col("e_v") - 1).clip(0)).sum().alias("thp"),
         (pl.col("a_v") + pl.col("f_v") - 1).filter(pl.col("zero")).sum().alias("zero"),
+        missed_h.sum().alias("missed_hugetlb"),
+        pl.min_horizontal(pl.col("s_v"), missed - missed_h).sum().alias("missed_shared"),
     ).row(0, named=True)
-    rows.append(_row("within", within))
+    rows.append(_row("within", {**within, **hugetlb["within"]}))
     for scope in ("host", peer):
         p = per.filter(pl.col("partner") == scope)
         col = (
@@ -185,10 +230,16 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
                 .sum()
                 .alias("thp"),
                 pl.col("zero").sum().alias("zero"),
+                *(
+                    ((pl.col("col") == "aa") & ~pl.col("p_ksm") & (pl.col("reason") == b))
+                    .sum()
+                    .alias(name)
+                    for b, name in (("h", "missed_hugetlb"), ("s", "missed_shared"))
+                ),
             )
             .row(0, named=True)
         )
-        rows.append(_row(scope, r))
+        rows.append(_row(scope, {**r, **hugetlb["partner"].get(scope, {})}))
     # Each page of V counts in one row at most, so the rows add up.
     rows.append({"row": "total", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "row"}})
     return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE_SIZE / MIB).alias("mib"))
@@ -207,5 +258,31 @@ def _row(name: str, r: dict[str, Any]) -> dict[str, Any]:
         "ksm_reachable": reach,
         "missed_file": ff + af,
         "missed_not_mergeable": aa - reach,
+        "missed_hugetlb": int(r["missed_hugetlb"] or 0),
+        "missed_shared_backend": int(r["missed_shared"] or 0),
         "ksm_reachable_thp": int(r["thp"] or 0),
+        "hugetlb": int(r.get("hugetlb") or 0),
+        "hugetlb_whole": int(r.get("hugetlb_whole") or 0),
     }
+
+
+def huge_page_savings(frames: pl.DataFrame, per: pl.DataFrame) -> dict[str, Any]:
+    """Of each row's savings, V's copies held in hugetlb pages (``hugetlb``), and of those
+    the ones in huge pages freed whole (``hugetlb_whole``: dedupx.analysis.huge_pages). Of
+    a content V holds ``n`` times, ``n - 1`` copies count in ``within``, and the one V
+    keeps, if a partner holds the content, in the partner's row."""
+    v = frames.filter(pl.col("scope") == "v").select("pfn", "hash", "hugetlb", "page_size")
+    if v.height == 0 or not v["hugetlb"].any():
+        return {"within": {}, "partner": {}}
+    v = dropped_copies(
+        v.join(per.select("hash", "partner"), on="hash", how="left"),
+        held_elsewhere=pl.col("partner").is_not_null(),
+    )
+    row = pl.when(pl.col("kept")).then(pl.col("partner")).otherwise(pl.lit("within"))
+    counts = (
+        v.filter(pl.col("dropped") & pl.col("hugetlb"))
+        .group_by(row.alias("row"))
+        .agg(pl.len().alias("hugetlb"), pl.col("whole").sum().alias("hugetlb_whole"))
+    )
+    by_row = {r.pop("row"): r for r in counts.iter_rows(named=True)}
+    return {"within": by_row.pop("within", {}), "partner": by_row}

@@ -18,6 +18,7 @@ n contents (docs/fleet.md).
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from typing import Any
 
 import polars as pl
@@ -25,7 +26,6 @@ import polars as pl
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
-from dedupx.model.page_classes import is_anon, is_ksm, is_ksm_eligible, is_zero_page
 from dedupx.model.process_kinds import cgroup_leaf
 from dedupx.model.units import PAGE_SIZE
 from dedupx.qemu.cmdline import parse_qemu_cmdline
@@ -67,6 +67,11 @@ def _instances(f: Frames) -> pl.DataFrame:
             rows.append((pid, f"vm:{ident}", "vm", cfg.name, cfg.uuid, cfg.mem_bytes))
         elif kind == "container":
             rows.append((pid, f"container:{cg}", "container", cg, None, 0))
+    # Two QEMU processes with the same -name (or -uuid) are still two VMs.
+    seen = Counter(r[1] for r in rows if r[2] == "vm")
+    rows = [
+        (p, f"{i}@{p}" if k == "vm" and seen[i] > 1 else i, k, n, u, m) for p, i, k, n, u, m in rows
+    ]
     return pl.DataFrame(
         rows,
         schema={
@@ -94,49 +99,43 @@ def fingerprint(
     (default: the snapshot's hostname, else this one's)."""
     f = as_frames(data)
     f.require("fingerprint", "pages", "vmas", "processes")
-    assert f.pages is not None and f.vmas is not None
+    assert f.pages is not None
     if rate is not None and not 0 < rate <= 1:
         raise UsageError(f"the sampling rate must be in (0, 1], not {rate}")
     host = host or str(f.provenance.manifest.get("hostname") or socket.gethostname())
     inst = _instances(f)
-    pages = (
-        f.pages.filter(pl.col("present") & pl.col("hash").is_not_null() & ~is_zero_page())
-        .filter(~pl.col("zero").fill_null(False))
-        .join(f.vmas.select("pid", "vma_id", "mergeable"), on=["pid", "vma_id"], how="left")
-        .join(inst.lazy(), on="pid", how="left")
-        .select(
-            pl.col("instance").fill_null("host"),
-            "pfn",
-            "hash",
-            pl.when(is_ksm() | is_ksm_eligible(pl.col("mergeable").fill_null(False)))
-            .then(pl.lit(KSM_ELIGIBLE))
-            .when(is_anon())
-            .then(pl.lit(ANON))
-            .otherwise(pl.lit(FILE))
-            .cast(pl.UInt8)
-            .alias("class"),
-        )
-    )
-    # The host's own pages: those no instance maps, mapped or not (page cache, kernel).
-    held = pages.filter(pl.col("instance") != "host").select("pfn").unique()
-    unmapped = (
+    # Each frame's class from hashed_frames, the one definition of anon (guest RAM is
+    # anon whatever backs it) and of KSM-eligible.
+    frames = (
         hashed_frames(f)
         .filter(~pl.col("zero").fill_null(False))
-        .join(held, on="pfn", how="anti")
         .select(
-            pl.lit("host").alias("instance"),
             "pfn",
             "hash",
-            pl.when(pl.col("anon").fill_null(False))
+            pl.when(pl.col("ksm_eligible"))
+            .then(pl.lit(KSM_ELIGIBLE))
+            .when(pl.col("anon").fill_null(False))
             .then(pl.lit(ANON))
             .otherwise(pl.lit(FILE))
             .cast(pl.UInt8)
             .alias("class"),
         )
     )
-    mine = pages.filter(pl.col("instance") != "host")
+    held = (
+        f.pages.filter(pl.col("present"))
+        .join(inst.lazy().select("pid", "instance"), on="pid")
+        .select("instance", "pfn")
+        .unique()
+    )
+    # The host's own pages: every hashed frame no instance maps (page cache, kernel, ...).
+    mine = held.join(frames, on="pfn")
+    host_own = frames.join(held.select("pfn"), on="pfn", how="anti").with_columns(
+        pl.lit("host").alias("instance")
+    )
     contents = (
-        pl.concat([mine, unmapped])
+        pl.concat(
+            [mine.select("instance", "hash", "class"), host_own.select("instance", "hash", "class")]
+        )
         .group_by("instance", "hash")
         .agg(pl.col("class").max())
         .collect()

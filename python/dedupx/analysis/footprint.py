@@ -3,7 +3,8 @@
 Counted per mapped page (a PFN mapped twice counts twice, as the kernel's smaps does) and
 without the kernel's shared zero page, which smaps does not count either. The split
 follows smaps: ``anon`` is private anonymous memory (dedupx.model.page_classes.is_private_anon),
-``shmem`` swap-backed shared memory, ``file`` the rest.
+``shmem`` swap-backed shared memory, ``file`` the rest. hugetlb pages are left out of all
+of it and counted apart, as smaps does (``Shared_Hugetlb``, ``Private_Hugetlb``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import polars as pl
 
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import (
+    is_hugetlb,
     is_ksm,
     is_mapped_file,
     is_private_anon,
@@ -25,12 +27,16 @@ from dedupx.model.units import PAGE_SIZE
 def footprint(data: Frames | HasFrames) -> pl.DataFrame:
     """One row per PID: ``rss_bytes``, ``pss_bytes``, ``uss_bytes``, each also split as
     ``anon_*``, ``file_*`` and ``shmem_*``; ``pss_without_ksm_bytes`` (PSS were KSM's current
-    merges undone: each KSM page mapped here would be a private copy again); ``swap_bytes``."""
+    merges undone: each KSM page mapped here would be a private copy again); ``swap_bytes``;
+    ``shared_hugetlb_bytes`` and ``private_hugetlb_bytes`` (hugetlb pages, which smaps
+    leaves out of RSS and PSS: mapped by more than this one mapping, or not)."""
     f = as_frames(data)
     f.require("footprint", "pages")
     assert f.pages is not None
     pages = f.pages
-    resident = pages.filter(pl.col("present") & ~is_zero_page())
+    present = pages.filter(pl.col("present") & ~is_zero_page())
+    hugetlb = is_hugetlb().fill_null(False)
+    resident = present.filter(~hugetlb)
     share = PAGE_SIZE / pl.max_horizontal(pl.col("mapcount"), pl.lit(1))
     unique = (pl.col("mapcount") <= 1).cast(pl.UInt64) * PAGE_SIZE
     classes = {"anon": is_private_anon(), "shmem": is_shmem(), "file": is_mapped_file()}
@@ -50,10 +56,21 @@ def footprint(data: Frames | HasFrames) -> pl.DataFrame:
     swap = pages.group_by("pid").agg(
         (pl.col("swapped").cast(pl.UInt64).sum() * PAGE_SIZE).alias("swap_bytes")
     )
+    # As smaps_hugetlb_range: a huge page mapped more than once may be another's too.
+    shared = pl.col("mapcount").fill_null(1) > 1
+    huge = (
+        present.filter(hugetlb)
+        .group_by("pid")
+        .agg(
+            (shared.cast(pl.UInt64).sum() * PAGE_SIZE).alias("shared_hugetlb_bytes"),
+            ((~shared).cast(pl.UInt64).sum() * PAGE_SIZE).alias("private_hugetlb_bytes"),
+        )
+    )
     out = (
         resident.group_by("pid")
         .agg(aggs)
         .join(swap, on="pid", how="full", coalesce=True)
+        .join(huge, on="pid", how="left")
         .with_columns(pl.exclude("pid").fill_null(0))
         .sort("pid")
     )

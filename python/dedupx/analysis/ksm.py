@@ -82,7 +82,9 @@ def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> 
     KSM); ``thp_kept_copies``, copies of a content held elsewhere that stay in THPs KSM
     leaves whole meanwhile; ``thp_frames``, eligible frames now in THPs; and
     ``pages_sharing_if_split``, what ``pages_sharing`` reaches once KSM has split every
-    THP it can merge into (at once with THP off; as guests run, with THP on)."""
+    THP it can merge into (at once with THP off; as guests run, with THP on);
+    ``barred_hugetlb`` and ``barred_shared_backend``: anon frames (guest RAM among them) KSM
+    never scans, whatever was asked, because they are hugetlb or shared memory."""
     m = max_sharing or max_page_sharing()
     fates = ksm_fates(data)
     merging = fates.filter(pl.col("fate") == "merge").group_by("hash").agg(pl.len().alias("e"))
@@ -104,6 +106,12 @@ def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> 
         ],
         how="horizontal",
     ).collect()
+    frames = hashed_frames(as_frames(data))
+    barred = frames.filter(pl.col("anon").fill_null(False) & ~pl.col("ksm_eligible")).select(
+        (pl.col("ksm_barrier") == "hugetlb").sum().alias("barred_hugetlb"),
+        (pl.col("ksm_barrier") == "shared backend").sum().alias("barred_shared_backend"),
+    )
+    row = pl.concat([row, barred.collect()], how="horizontal")
     return row.select(
         pl.col(
             "eligible_frames",
@@ -113,6 +121,8 @@ def ksm_prediction(data: Frames | HasFrames, max_sharing: int | None = None) -> 
             "thp_kept_copies",
             "thp_frames",
             "pages_sharing_if_split",
+            "barred_hugetlb",
+            "barred_shared_backend",
         )
         .fill_null(0)
         .cast(pl.Int64)

@@ -6,6 +6,7 @@ import polars as pl
 
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import (
+    is_hugetlb,
     is_ksm,
     is_mapped_file,
     is_private_anon,
@@ -16,18 +17,21 @@ from dedupx.model.page_classes import (
 
 
 def page_counts(data: Frames | HasFrames) -> dict[str, int]:
-    """Pages by class: ``anon`` (private), ``shmem``, ``file``, ``zero_page`` (the kernel's),
+    """Pages by class: ``anon`` (private), ``shmem``, ``file``, ``hugetlb`` (apart from the
+    three, as smaps counts it), ``zero_page`` (the kernel's),
     ``zero_content`` (other all-zero pages), ``ksm`` (merged), ``thp`` (in transparent huge
     pages), ``swapped``."""
     f = as_frames(data)
     f.require("page_counts", "pages")
     assert f.pages is not None
     present = pl.col("present")
+    small = present & ~is_hugetlb().fill_null(False)
     row = (
         f.pages.select(
-            (present & is_private_anon()).sum().alias("anon"),
-            (present & is_shmem()).sum().alias("shmem"),
-            (present & is_mapped_file() & ~is_zero_page()).sum().alias("file"),
+            (small & is_private_anon()).sum().alias("anon"),
+            (small & is_shmem()).sum().alias("shmem"),
+            (small & is_mapped_file() & ~is_zero_page()).sum().alias("file"),
+            (present & is_hugetlb()).sum().alias("hugetlb"),
             (present & is_zero_page()).sum().alias("zero_page"),
             (present & pl.col("zero").fill_null(False) & ~is_zero_page())
             .sum()

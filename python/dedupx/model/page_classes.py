@@ -21,6 +21,7 @@ from dedupx.model.kpageflags import (
     KPF_ACTIVE,
     KPF_ANON,
     KPF_BUDDY,
+    KPF_HUGE,
     KPF_KSM,
     KPF_LRU,
     KPF_REFERENCED,
@@ -63,6 +64,12 @@ def is_zero_page(column: str = FLAGS) -> pl.Expr:
     return flag(KPF_ZERO_PAGE, column)
 
 
+def is_hugetlb(column: str = FLAGS) -> pl.Expr:
+    """Part of a hugetlb page (hugetlbfs, MAP_HUGETLB): mapped, freed and counted whole; smaps
+    leaves it out of Rss and Pss, and KSM never merges it."""
+    return flag(KPF_HUGE, column)
+
+
 def is_ksm(column: str = FLAGS) -> pl.Expr:
     """A page KSM has merged."""
     return flag(KPF_KSM, column)
@@ -97,6 +104,7 @@ __all__ = [
     "guest_class",
     "is_anon",
     "is_cold",
+    "is_hugetlb",
     "is_ksm",
     "is_ksm_eligible",
     "is_mapped_file",

@@ -23,6 +23,8 @@ class MemoryBackend:
     share: bool
     path: str | None
     merge: bool
+    prealloc: bool = False
+    hugetlb: bool = False  # memory-backend-memfd,hugetlb=on
 
     @property
     def file_backed(self) -> bool:
@@ -42,6 +44,8 @@ class QemuConfig:
     qmp_sockets: list[Path] = field(default_factory=list)
     backends: list[MemoryBackend] = field(default_factory=list)
     drives: list[Path] = field(default_factory=list)
+    mem_path: str | None = None  # the legacy -mem-path (a hugetlbfs mount, usually)
+    mem_prealloc: bool = False  # -mem-prealloc, or prealloc=on on a memory backend
 
 
 def is_qemu(argv: list[str]) -> bool:
@@ -93,6 +97,8 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
     monitors: list[str] = []
     backends: list[MemoryBackend] = []
     drives: list[Path] = []
+    mem_path: str | None = None
+    prealloc = False
     i = 1
     while i < len(argv):
         opt = argv[i].lstrip("-") if argv[i].startswith("-") else None
@@ -102,6 +108,9 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
             continue
         if opt in ("enable-kvm",):
             accel = "kvm"
+            continue
+        if opt == "mem-prealloc":
+            prealloc = True
             continue
         if opt in ("nographic", "no-reboot", "S", "daemonize", "snapshot", "no-shutdown"):
             continue
@@ -118,6 +127,8 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
             if "accel" in o:
                 accel = o["accel"].split(":")[0]
             merge = on(o.get("mem-merge"), merge)
+        elif opt == "mem-path":
+            mem_path = val
         elif opt == "accel":
             accel = parse_opts(val, "accel").get("accel", accel)
         elif opt == "qmp" and val.startswith("unix:"):
@@ -141,6 +152,8 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
                     share=on(o.get("share"), kind == "memfd"),  # memfd shares by default
                     path=o.get("mem-path"),
                     merge=on(o.get("merge"), merge),
+                    prealloc=on(o.get("prealloc"), False),
+                    hugetlb=on(o.get("hugetlb"), False),
                 )
             )
         elif opt == "drive":
@@ -165,4 +178,6 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
         qmp_sockets=qmp,
         backends=backends,
         drives=drives,
+        mem_path=mem_path,
+        mem_prealloc=prealloc or any(b.prealloc for b in backends),
     )

@@ -3,7 +3,8 @@
 From QEMU itself when a QMP socket answers: the flat view of the "memory" address space
 (`info mtree -f`) gives guest-physical ranges and their RAM blocks, and `gpa2hva` the host
 address of each. Otherwise from the command line, under a stated assumption: a `pc`/`q35`
-machine whose RAM is one anonymous mapping of exactly the `-m` size, laid out as QEMU does.
+machine whose RAM is one mapping of exactly the `-m` size (anonymous, memfd, hugetlbfs, a
+file), laid out as QEMU does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dedupx.exceptions import NotAGuest, QmpError
 from dedupx.model.units import PAGE_SIZE as PAGE
 from dedupx.qemu.cmdline import QemuConfig
 from dedupx.qemu.qmp import Qmp
+from dedupx.qemu.ram_backing import guest_ram_rows
 from dedupx.qemu.ramblocks import HostBlock, parse_ramblocks, place_unmapped
 
 MTREE_LINE = re.compile(
@@ -113,33 +115,35 @@ def _whole_pages(ranges: list[GpaRange]) -> list[GpaRange]:
 
 def layout_from_cmdline(cfg: QemuConfig, vmas: pl.DataFrame) -> GpaLayout:
     """QEMU's pc/q35 layout: RAM below the PCI hole (with the legacy VGA window at
-    0xa0000-0xbffff left out), the rest from 4 GiB; host addresses from the one anonymous
-    mapping of exactly the -m size."""
+    0xa0000-0xbffff left out), the rest from 4 GiB; host addresses from the one mapping
+    that holds guest RAM (dedupx.qemu.ram_backing: anonymous, memfd, hugetlbfs or a file),
+    named as QEMU names its block (``pc.ram``, or the one memory backend's id)."""
     size = cfg.mem_bytes
-    exact = vmas.filter(
-        (pl.col("end") - pl.col("start") == size) & pl.col("kind").is_in(["anon", "shmem", "file"])
-    )
-    if exact.height != 1:
+    exact = guest_ram_rows(cfg, vmas).filter(pl.col("end") - pl.col("start") == size)
+    if exact.height != 1 or len(cfg.backends) > 1:
         raise NotAGuest(
-            f"cannot find guest RAM: {exact.height} mappings have the -m size of {size} bytes; "
+            f"cannot find guest RAM: {exact.height} mappings have the -m size of {size} bytes"
+            f"{' and there are several memory backends' if len(cfg.backends) > 1 else ''}; "
             "give the guest's QMP socket instead"
         )
     base = int(exact["start"][0])
+    block = cfg.backends[0].id if cfg.backends else "pc.ram"
     q35 = (cfg.machine or "pc").startswith(("q35", "pc-q35"))
     if q35:
         lowmem = 0x80000000 if size >= 0xB0000000 else size
     else:
         lowmem = 0xE0000000 if size >= 0xE0000000 else size
     low = min(size, lowmem)
-    ranges = [GpaRange(0, 0xA0000, base, "pc.ram")]
+    ranges = [GpaRange(0, 0xA0000, base, block)]
     if low > 0xC0000:
-        ranges.append(GpaRange(0xC0000, low - 0xC0000, base + 0xC0000, "pc.ram"))
+        ranges.append(GpaRange(0xC0000, low - 0xC0000, base + 0xC0000, block))
     if size > low:
-        ranges.append(GpaRange(1 << 32, size - low, base + low, "pc.ram"))
+        ranges.append(GpaRange(1 << 32, size - low, base + low, block))
     machine = "q35" if q35 else "pc"
+    backing = str(exact["backing"][0])
     return GpaLayout(
         _whole_pages(ranges),
-        f"cmdline (assumed {machine} layout, RAM at the {size >> 20} MiB anonymous mapping)",
+        f"cmdline (assumed {machine} layout, RAM at the {size >> 20} MiB {backing} mapping)",
     )
 
 
@@ -193,8 +197,9 @@ def with_host_frames(layout: pl.DataFrame, pages: pl.DataFrame) -> pl.DataFrame:
     """A layout frame with each guest page's host ``pfn`` (null where the host has no page:
     never touched, or swapped), from the QEMU process's pages."""
     present = pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "pfn")
+    extra = (c for c in ("source", "backing") if c in layout.columns)
     return layout.join(present, on="hva", how="left").select(
-        "pid", "gpa", "hva", "pfn", "block", *(c for c in ("source",) if c in layout.columns)
+        "pid", "gpa", "hva", "pfn", "block", *extra
     )
 
 

@@ -12,6 +12,7 @@ import polars as pl
 from dedupx.exceptions import DedupxError, ProcessNotFound, QmpError
 from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import GpaLayout, layout_frame, layout_from_cmdline, layout_from_qmp
+from dedupx.qemu.ram_backing import cmdline_ksm_barrier, hugetlbfs_mounts, with_backing
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,21 @@ class GuestProcess:
     config: QemuConfig
     rss_bytes: int
     pss_bytes: int
+    hugetlbfs: tuple[str, ...] = ()
 
     def row(self) -> dict[str, Any]:
         c = self.config
+        barrier = cmdline_ksm_barrier(c, list(self.hugetlbfs))
         return {
             "pid": self.pid,
             "name": c.name,
             "ram_bytes": c.mem_bytes,
             "machine": c.machine or "pc (default)",
             "accel": c.accel,
-            "mem_merge": c.mem_merge and not any(b.file_backed for b in c.backends),
+            # What QEMU asked, and apart from it what KSM can do with what backs the RAM.
+            "mem_merge": c.mem_merge,
+            "ksm_can_merge": barrier is None,
+            "ksm_barrier": barrier,
             "backends": ",".join(
                 f"{b.id}:{b.kind}{'/shared' if b.share else ''}" for b in c.backends
             ),
@@ -60,6 +66,7 @@ def _rollup(pid: int, proc_root: str) -> tuple[int, int]:
 
 def find_guests(proc_root: str = "/proc") -> list[GuestProcess]:
     out = []
+    hugetlbfs = tuple(hugetlbfs_mounts(proc_root))
     for entry in sorted(os.listdir(proc_root)):
         if not entry.isdigit():
             continue
@@ -70,7 +77,7 @@ def find_guests(proc_root: str = "/proc") -> list[GuestProcess]:
             continue
         if is_qemu(argv):
             rss, pss = _rollup(pid, proc_root)
-            out.append(GuestProcess(pid, parse_qemu_cmdline(argv), rss, pss))
+            out.append(GuestProcess(pid, parse_qemu_cmdline(argv), rss, pss, hugetlbfs))
     return out
 
 
@@ -89,15 +96,17 @@ def guest_layout(cfg: QemuConfig, vmas: pl.DataFrame, qmp: Path | None = None) -
 
 def guest_layouts(processes: pl.DataFrame, vmas: pl.DataFrame) -> pl.DataFrame | None:
     """Every guest's guest-physical layout (``pid``, ``gpa``, ``hva``, ``block``,
-    ``source``): from QEMU over QMP where a socket its command line names answers (RAM
-    blocks of devices included), else from the command line; None without guests. A guest
-    that cannot be mapped is left out (its analyses say why)."""
+    ``source``, and the ``backing`` of the host mapping): from QEMU over QMP where a socket
+    its command line names answers (RAM blocks of devices included), else from the command
+    line; None without guests. A guest that cannot be mapped is left out (its analyses say
+    why)."""
     parts = []
     for pid, argv in processes.filter(pl.col("kind") == "vm").select("pid", "cmdline").iter_rows():
         cfg = parse_qemu_cmdline(list(argv))
+        mine = vmas.filter(pl.col("pid") == pid)
         try:
-            layout = guest_layout(cfg, vmas.filter(pl.col("pid") == pid))
+            layout = guest_layout(cfg, mine)
         except DedupxError:
             continue
-        parts.append(layout_frame(pid, layout))
+        parts.append(with_backing(layout_frame(pid, layout), mine))
     return pl.concat(parts) if parts else None

@@ -25,10 +25,11 @@ from dedupx.analysis.density import density, density_summary, instances_of
 from dedupx.exceptions import DedupxError, OutputError
 from dedupx.model.frames import Frames
 from dedupx.model.units import MIB, pages_to_mib
+from dedupx.qemu.ram_backing import backing_label
 from dedupx.report.figures import MATRIX_COLUMNS, POLICY_LABELS, figures, to_png, to_svg
 from dedupx.report.js_bundle import javascript_bundle
 from dedupx.report.snapshot import snapshot_report
-from dedupx.report.terminal import coverage_line
+from dedupx.report.terminal import backend_notes, coverage_line
 from dedupx.sources.guest_view import GuestView
 
 Step = Callable[[str], None]
@@ -272,7 +273,11 @@ def matrix_tables(matrix: list[dict[str, Any]], target: str, name: str) -> str:
 
 def vm_section(vm: dict[str, Any]) -> str:
     name = f"VM {vm['pid']} ({vm['comm'] or ''})"
-    out = [f"<h3>{esc(name)}</h3>", matrix_tables(vm["dedup_matrix"], "VM", name)]
+    out = [f"<h3>{esc(name)}</h3>"]
+    if vm.get("ram"):
+        out.append(f"<p>Guest RAM: {esc(backing_label(vm['ram']))}</p>")
+    out += [matrix_tables(vm["dedup_matrix"], "VM", name)]
+    out += [f"<p>{esc(line)}</p>" for line in backend_notes(vm["dedup_matrix"], vm.get("ram"))]
     uss, cost = vm.get("uss"), vm.get("incremental_cost")
     if uss and cost:
 

@@ -14,6 +14,7 @@ from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.page_counts import page_counts
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import parse_qemu_cmdline
+from dedupx.qemu.ram_backing import describe_ram
 from dedupx.sources.guest_view import GuestView
 from dedupx.sources.process import ProcessScan
 
@@ -36,6 +37,7 @@ def guest_summary(
         "machine": cfg.machine,
         "accel": cfg.accel,
         "mem_merge": cfg.mem_merge,
+        "ram": describe_ram(cfg, scan.vmas),
         "backends": [b.__dict__ for b in cfg.backends],
         "drives": [str(d) for d in cfg.drives],
     }
@@ -47,7 +49,7 @@ def guest_summary(
     if gpa_map is None:
         out["gpa_map_error"] = gpa_map_error or "no guest-physical map"
     else:
-        out.update(guest_backing(gpa_map))
+        out.update(guest_backing(gpa_map, scan.frames))
     return out
 
 

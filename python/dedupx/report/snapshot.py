@@ -16,6 +16,8 @@ from dedupx.analysis.incremental_cost import incremental_cost, uss_breakdown
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.units import pages_to_mib
+from dedupx.qemu.cmdline import parse_qemu_cmdline
+from dedupx.qemu.ram_backing import describe_ram
 from dedupx.sources.guest_view import GuestView
 
 
@@ -24,10 +26,13 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
     (KSM as configured), and with a guest's own view, its pages by guest class and its
     inactive-LRU bloat."""
     assert f.processes is not None
-    vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm").collect()
+    vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm", "cmdline").collect()
     out = []
-    for pid, comm in vms.iter_rows():
+    for pid, comm, argv in vms.iter_rows():
         r: dict[str, Any] = {"pid": pid, "comm": comm}
+        if f.vmas is not None:  # what backs its RAM, shown beside what is counted as anon
+            vmas = f.vmas.filter(pl.col("pid") == pid).collect()
+            r["ram"] = describe_ram(parse_qemu_cmdline(list(argv)), vmas)
         view = (guests or {}).get(pid)
         r["dedup_matrix"] = dedup_matrix(f, pid).to_dicts()
         told = view.guest_frames(pid) if view else None

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dedupx.model.units import MIB, PAGE_SIZE, pages_to_mib
+from dedupx.qemu.ram_backing import backing_label
 
 
 def _mib(n_bytes: float) -> str:
@@ -66,6 +67,11 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     for cls in ("anon", "file", "shmem"):
         t.add_row(cls, *(_mib(fp.get(f"{cls}_{m}_bytes", 0)) for m in ("rss", "pss", "uss")))
     t.add_row("swap", _mib(r["swap_bytes"]), "", "")
+    huge = fp.get("shared_hugetlb_bytes", 0) + fp.get("private_hugetlb_bytes", 0)
+    if huge:
+        # smaps leaves hugetlb out of Rss and Pss: shown apart, as smaps_rollup does.
+        t.add_row("hugetlb, shared", _mib(fp["shared_hugetlb_bytes"]), "", "")
+        t.add_row("hugetlb, private", _mib(fp["private_hugetlb_bytes"]), "", "")
     console.print(t)
 
     t = Table(title="Mapped pages by class", title_justify="left")
@@ -80,6 +86,7 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         "zero_content": "zero-filled (not the zero page)",
         "ksm": "KSM-merged",
         "thp": "in transparent huge pages",
+        "hugetlb": "hugetlb (not in RSS/PSS)",
         "swapped": "swapped out",
     }
     for key, label in labels.items():
@@ -87,7 +94,13 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     console.print(t)
 
     d = r["duplicates"]
-    console.print(savings_table(d, (("zero_content", "  of which zero-filled"),)))
+    more = [("zero_content", "  of which zero-filled")]
+    if d.get("hugetlb"):  # freed only whole: what is reachable without splitting one
+        more += [
+            ("hugetlb", "  of which in hugetlb pages"),
+            ("hugetlb_whole", "    in huge pages freed whole"),
+        ]
+    console.print(savings_table(d, tuple(more)))
 
     t = Table(title="KSM", title_justify="left")
     t.add_column("")
@@ -97,6 +110,9 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     t.add_row("  held in THPs (KSM splits them first)", *_pages(d["ksm_reachable_thp"], ps))
     t.add_row("missed: file-backed", *_pages(d["ksm_missed_file"], ps))
     t.add_row("missed: not mergeable", *_pages(d["ksm_missed_not_mergeable"], ps))
+    for key, why in (("hugetlb", "hugetlb"), ("shared_backend", "shared backend")):
+        if d.get(f"ksm_missed_{key}"):
+            t.add_row(f"  of which {why}", *_pages(d[f"ksm_missed_{key}"], ps))
     console.print(t)
 
     if r["top_duplicates"]:
@@ -110,7 +126,12 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
         t.add_row("name", escape(str(g["name"] or "")))
         t.add_row("RAM (-m)", f"{g['ram_bytes'] >> 20:,} MiB")
         t.add_row("machine / accel", f"{g['machine'] or 'pc'} / {g['accel']}")
-        t.add_row("KSM may merge RAM (mem-merge)", "yes" if g["mem_merge"] else "no")
+        ram = g.get("ram") or {}
+        t.add_row("RAM backed by", escape(backing_label(ram)))
+        t.add_row("mem-merge (what QEMU asked)", "yes" if g["mem_merge"] else "no")
+        t.add_row(
+            "KSM can merge guest RAM", _ksm_can(ram.get("ksm_can_merge"), ram.get("ksm_barrier"))
+        )
         if "gpa_map_error" in g:
             t.add_row("guest-physical map", escape(g["gpa_map_error"]))
         else:
@@ -120,7 +141,10 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
                 f"{g['backed_pages']:,} of {g['guest_pages']:,}",
             )
             for block, b in g["blocks"].items():
-                t.add_row(f"  {escape(block)}", f"{b['backed']:,} of {b['pages']:,}")
+                on = f" ({escape(b['backing'])})" if b.get("backing") else ""
+                t.add_row(f"  {escape(block)}{on}", f"{b['backed']:,} of {b['pages']:,}")
+                if b.get("zero"):
+                    t.add_row("    backed but all zeros (never used)", f"{b['zero']:,}")
         within = next((r for r in g.get("dedup_matrix", []) if r["row"] == "within"), None)
         if within:
             t.add_row("duplicated within the guest (pages)", f"{within['total']:,}")
@@ -255,6 +279,31 @@ def matrix_tables(
     return kinds, ksm
 
 
+def backend_notes(matrix: list[dict[str, Any]], ram: dict[str, Any] | None) -> list[str]:
+    """What the RAM's backing changes in a matrix, as plain lines: copies KSM cannot reach
+    and why, and the savings held in hugetlb pages, which are freed only whole."""
+    total = next((r for r in matrix if r["row"] == "total"), None)
+    if total is None:
+        return []
+    out = []
+    if ram and not ram.get("ksm_can_merge") and ram.get("ksm_barrier"):
+        asked = "asked" if ram.get("mem_merge") else "did not ask"
+        out.append(
+            f"KSM cannot merge this guest's RAM ({ram['ksm_barrier']}); "
+            f"QEMU {asked} for merging (mem-merge)."
+        )
+    for key, why in (("missed_hugetlb", "hugetlb"), ("missed_shared_backend", "shared backend")):
+        if total.get(key):
+            out.append(f"  KSM misses {pages_to_mib(total[key]):,.1f} MiB: {why}.")
+    if total.get("hugetlb"):
+        out.append(
+            f"In hugetlb pages: {pages_to_mib(total['hugetlb']):,.1f} MiB of the savings at "
+            f"4 KiB; {pages_to_mib(total['hugetlb_whole']):,.1f} MiB reachable without "
+            "splitting a huge page (freed whole)."
+        )
+    return out
+
+
 def cost_table(uss: dict[str, Any], cost: dict[str, Any]) -> Table:
     """What a VM costs (MiB): its USS now and its incremental cost given the others once
     KSM has merged what it can (the study's Figures 6.3/6.4), by cause."""
@@ -310,8 +359,13 @@ def _mib_pages(pages: int) -> str:
 
 def render_vm_reports(vms: list[dict[str, Any]], console: Console) -> None:
     for vm in vms:
-        for t in matrix_tables(f"VM {vm['pid']} ({escape(vm['comm'] or '')})", vm["dedup_matrix"]):
+        name = f"VM {vm['pid']} ({escape(vm['comm'] or '')})"
+        if vm.get("ram"):
+            name += f"; RAM: {escape(backing_label(vm['ram']))}"
+        for t in matrix_tables(name, vm["dedup_matrix"]):
             console.print(t)
+        for line in backend_notes(vm["dedup_matrix"], vm.get("ram")):
+            console.print(escape(line))
         uss, cost = vm.get("uss"), vm.get("incremental_cost")
         if uss and cost:
             console.print(cost_table(uss, cost))
@@ -414,7 +468,8 @@ def render_vms(rows: list[dict[str, Any]], console: Console) -> None:
         ("RAM MiB", "right"),
         ("machine", "left"),
         ("accel", "left"),
-        ("KSM merge", "left"),
+        ("mem-merge", "left"),
+        ("KSM can merge", "left"),
         ("RSS MiB", "right"),
         ("PSS MiB", "right"),
     ):
@@ -427,7 +482,15 @@ def render_vms(rows: list[dict[str, Any]], console: Console) -> None:
             escape(str(r["machine"])),
             str(r["accel"]),
             "yes" if r["mem_merge"] else "no",
+            _ksm_can(r.get("ksm_can_merge"), r.get("ksm_barrier")),
             _mib(r["rss_bytes"]),
             _mib(r["pss_bytes"]),
         )
     console.print(t)
+
+
+def _ksm_can(can: bool | None, barrier: str | None) -> str:
+    """ "yes", or "no (hugetlb)": what KSM can do, apart from what QEMU asked."""
+    if can is None:
+        return "?"
+    return "yes" if can else f"no ({barrier})" if barrier else "no"

@@ -25,6 +25,7 @@ from dedupx.model.process_kinds import classify_processes
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, gpa_map_from_ept
 from dedupx.qemu.guests import guest_layout
+from dedupx.qemu.ram_backing import with_backing
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -60,7 +61,8 @@ class ProcessScan:
         """For a QEMU process: one row per guest page (``gpa`` → ``hva`` → ``pfn``) from
         QEMU's own memory map over QMP (``qmp``: a socket; else one its command line names,
         if it answers), from an external EPT dump (``ept``: CSV or Parquet of gpa, hpa), or
-        from the command line. Talks to QEMU: a method, not a property. Raises
+        from the command line, with the ``backing`` of each page's host mapping (anon,
+        shmem, hugetlb, file). Talks to QEMU: a method, not a property. Raises
         ``NotAGuest`` for other processes."""
         if not self.is_guest:
             raise NotAGuest(f"PID {self.pid} ({self.comm}) is not a QEMU guest")
@@ -70,7 +72,7 @@ class ProcessScan:
             )
         cfg = parse_qemu_cmdline(self.cmdline)
         layout = guest_layout(cfg, self.vmas, Path(qmp) if qmp is not None else None)
-        return gpa_map(self.pid, layout, self.pages)
+        return with_backing(gpa_map(self.pid, layout, self.pages), self.vmas)
 
     @property
     def frames(self) -> pl.DataFrame:

@@ -139,6 +139,9 @@ mod tests {
             pss_kb: 0,
             swap_kb: 0,
             anon_huge_kb: 0,
+            kernel_page_kb: 0,
+            shared_hugetlb_kb: 0,
+            private_hugetlb_kb: 0,
         }
     }
 

@@ -46,6 +46,13 @@ pub struct Vma {
     pub pss_kb: u64,
     pub swap_kb: u64,
     pub anon_huge_kb: u64,
+    /// The page size the kernel maps this VMA with (`KernelPageSize`): 4 KiB, or a
+    /// hugetlbfs page size (2 MiB, 1 GiB); 0 where smaps does not say.
+    pub kernel_page_kb: u64,
+    /// hugetlb pages mapped here, which smaps leaves out of Rss and Pss: by whether the
+    /// huge page may be mapped by another process too (`Shared_Hugetlb`) or not.
+    pub shared_hugetlb_kb: u64,
+    pub private_hugetlb_kb: u64,
 }
 
 impl Vma {
@@ -110,6 +117,17 @@ pub fn parse_smaps(text: &str, path: &Path) -> Result<Vec<Vma>> {
                 "AnonHugePages" => {
                     vma.anon_huge_kb = parse_kb(rest).ok_or_else(|| err("bad AnonHugePages"))?
                 }
+                "KernelPageSize" => {
+                    vma.kernel_page_kb = parse_kb(rest).ok_or_else(|| err("bad KernelPageSize"))?
+                }
+                "Shared_Hugetlb" => {
+                    vma.shared_hugetlb_kb =
+                        parse_kb(rest).ok_or_else(|| err("bad Shared_Hugetlb"))?
+                }
+                "Private_Hugetlb" => {
+                    vma.private_hugetlb_kb =
+                        parse_kb(rest).ok_or_else(|| err("bad Private_Hugetlb"))?
+                }
                 _ => {}
             }
         } else {
@@ -153,6 +171,9 @@ fn parse_header(line: &str) -> Option<Vma> {
         pss_kb: 0,
         swap_kb: 0,
         anon_huge_kb: 0,
+        kernel_page_kb: 0,
+        shared_hugetlb_kb: 0,
+        private_hugetlb_kb: 0,
     })
 }
 
@@ -196,7 +217,7 @@ mod tests {
     #[test]
     fn parses_recorded_smaps() {
         let vmas = parse_smaps(SAMPLE, Path::new("smaps")).expect("sample parses");
-        assert_eq!(vmas.len(), 6);
+        assert_eq!(vmas.len(), 7);
         let bin = &vmas[0];
         assert_eq!(bin.start, 0x5581_2a40_0000);
         assert_eq!(bin.end, 0x5581_2a42_8000);
@@ -206,6 +227,7 @@ mod tests {
         assert_eq!(bin.path, "/usr/bin/my program");
         assert_eq!(bin.kind, VmaKind::File);
         assert_eq!((bin.rss_kb, bin.pss_kb), (160, 80));
+        assert_eq!(bin.kernel_page_kb, 4);
         assert!(!bin.mergeable());
         assert_eq!(bin.pages(), 40);
 
@@ -220,10 +242,20 @@ mod tests {
         assert!(guest.has_flag("hg"));
 
         assert_eq!(vmas[3].kind, VmaKind::Shmem);
-        assert_eq!(vmas[4].kind, VmaKind::Stack);
-        assert_eq!(vmas[5].kind, VmaKind::Special);
-        assert!(!vmas[5].readable(), "vsyscall is not memory we copy");
-        assert!(vmas[4].readable());
+
+        // hugetlbfs: smaps counts its pages apart from Rss, by huge page size.
+        let huge = &vmas[4];
+        assert!(huge.has_flag("ht"));
+        assert_eq!(huge.kernel_page_kb, 2048);
+        assert_eq!(
+            (huge.rss_kb, huge.shared_hugetlb_kb, huge.private_hugetlb_kb),
+            (0, 4096, 122880)
+        );
+
+        assert_eq!(vmas[5].kind, VmaKind::Stack);
+        assert_eq!(vmas[6].kind, VmaKind::Special);
+        assert!(!vmas[6].readable(), "vsyscall is not memory we copy");
+        assert!(vmas[5].readable());
     }
 
     #[test]

@@ -220,6 +220,15 @@ pub fn vmas_columns(pid: u32, vmas: &[Vma]) -> Vec<(&'static str, ArrayRef)> {
         ("pss_bytes", nums(&|v| v.pss_kb * 1024)),
         ("swap_bytes", nums(&|v| v.swap_kb * 1024)),
         ("anon_huge_bytes", nums(&|v| v.anon_huge_kb * 1024)),
+        ("kernel_page_size", nums(&|v| v.kernel_page_kb * 1024)),
+        (
+            "shared_hugetlb_bytes",
+            nums(&|v| v.shared_hugetlb_kb * 1024),
+        ),
+        (
+            "private_hugetlb_bytes",
+            nums(&|v| v.private_hugetlb_kb * 1024),
+        ),
     ]
 }
 
