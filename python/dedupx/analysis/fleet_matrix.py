@@ -5,9 +5,11 @@ dedup matrix splits them (anon/anon, file/file, anon/file) with the part KSM cou
 
 The computation is additive over contents, so it runs the same on one node or many: the
 contents are split into buckets by hash, each bucket gives ``pair_counts``, and the sums
-are the matrix (``dedupx.fleet.cluster`` runs the buckets on Dask). Within a bucket,
-contents are grouped by the exact set of instances (and classes) that hold them, so a
-content every VM of an image holds costs one group, not one pair per content.
+are the matrix (``dedupx.fleet.cluster`` runs the buckets on Dask). Within a bucket, the
+contents held by two instances or more are the columns of 0/1 matrices (instance x
+content, one per class), and each count is a matrix product (BLAS), a chunk of columns at
+a time: a content that a thousand VMs hold costs one column, not half a million pairs.
+Products of 0/1 float32 matrices are exact integers up to 2^24, far above a chunk.
 
 Sampled fingerprints (analysis/fingerprint.py) keep the same contents everywhere, so the
 contents two of them share are a sample of what the instances share at the lower of their
@@ -16,63 +18,62 @@ two rates; ``matrix`` scales each pair by it and states the standard error.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from dedupx.analysis.fingerprint import ANON, FILE, KSM_ELIGIBLE
 
-# A holder is one int: the instance's index x 4 + its class for the content.
-CLASS_BITS = 2
-PAIR_SCHEMA = {"a": pl.UInt32, "b": pl.UInt32, "ca": pl.UInt8, "cb": pl.UInt8, "n": pl.Int64}
+CELLS = ("total", "anon_anon", "file_file", "ksm")
+PAIR_SCHEMA = {"a": pl.UInt32, "b": pl.UInt32, **{c: pl.Int64 for c in CELLS}}
+CHUNK = 4096  # content columns per product: 4096 x instances x 4 bytes per matrix
 
 
-def holder_sets(rows: pl.DataFrame) -> pl.DataFrame:
-    """From fingerprint rows with an instance index ``idx`` (``hash``, ``idx``, ``class``):
-    each distinct set of holders of a content held by two instances or more, with how many
-    contents it holds (``holders``: sorted list of idx x 4 + class, ``n``)."""
-    code = pl.col("idx").cast(pl.UInt32) * (1 << CLASS_BITS) + pl.col("class").cast(pl.UInt32)
-    return (
+def pair_counts(rows: pl.DataFrame, instances: int) -> pl.DataFrame:
+    """From fingerprint rows with an instance index (``hash``, ``idx`` < ``instances``,
+    ``class``), the contents each pair of instances ``a`` < ``b`` shares: ``total``, and
+    held as anon by both (``anon_anon``), as file by both (``file_file``), KSM-eligible by
+    both (``ksm``)."""
+    shared = (
         rows.lazy()
-        .group_by("hash")
-        .agg(code.sort().alias("holders"))
-        .filter(pl.col("holders").list.len() > 1)
-        .group_by("holders")
-        .agg(pl.len().cast(pl.Int64).alias("n"))
+        .select("hash", "idx", "class")
+        .with_columns(pl.len().over("hash").alias("deg"))
+        .filter(pl.col("deg") > 1)
+        .with_columns((pl.col("hash").rank("dense").cast(pl.Int64) - 1).alias("col"))
         .collect()
     )
-
-
-def pair_counts(sets: pl.DataFrame) -> pl.DataFrame:
-    """Contents shared by each pair of instances, by the class each holds them in: ``a`` <
-    ``b`` (instance indices), ``ca``, ``cb`` (classes), ``n`` (contents)."""
-    if sets.is_empty():
-        return pl.DataFrame(schema=PAIR_SCHEMA)
-    exploded = sets.with_row_index("set").explode("holders")
-    left = exploded.select("set", "n", pl.col("holders").alias("x"))
-    right = exploded.select("set", pl.col("holders").alias("y"))
-    pairs = left.lazy().join(right.lazy(), on="set").filter(pl.col("x") < pl.col("y"))
-    mask = (1 << CLASS_BITS) - 1
-    return (
-        pairs.select(
-            (pl.col("x") // (1 << CLASS_BITS)).cast(pl.UInt32).alias("a"),
-            (pl.col("y") // (1 << CLASS_BITS)).cast(pl.UInt32).alias("b"),
-            (pl.col("x") & mask).cast(pl.UInt8).alias("ca"),
-            (pl.col("y") & mask).cast(pl.UInt8).alias("cb"),
-            "n",
-        )
-        .group_by("a", "b", "ca", "cb")
-        .agg(pl.col("n").sum())
-        .collect()
+    sums = np.zeros((len(CELLS), instances, instances), dtype=np.int64)
+    if shared.height:
+        idx = shared["idx"].to_numpy().astype(np.int64)
+        col = shared["col"].to_numpy()
+        cls = shared["class"].to_numpy()
+        held = {
+            "total": np.ones(len(cls), dtype=bool),
+            "anon_anon": cls >= ANON,
+            "file_file": cls == FILE,
+            "ksm": cls == KSM_ELIGIBLE,
+        }
+        for first in range(0, int(col.max()) + 1, CHUNK):
+            here = (col >= first) & (col < first + CHUNK)
+            for k, cell in enumerate(CELLS):
+                take = here & held[cell]
+                m = np.zeros((instances, CHUNK), dtype=np.float32)
+                m[idx[take], col[take] - first] = 1.0
+                sums[k] += (m @ m.T).astype(np.int64)
+    a, b = np.triu_indices(instances, k=1)
+    keep = sums[0][a, b] > 0
+    return pl.DataFrame(
+        {
+            "a": a[keep].astype(np.uint32),
+            "b": b[keep].astype(np.uint32),
+            **{c: sums[k][a, b][keep] for k, c in enumerate(CELLS)},
+        },
+        schema=PAIR_SCHEMA,
     )
 
 
 def add_pair_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """The sum of bucket results: what ``pair_counts`` gives on all contents at once."""
-    return (
-        pl.concat(parts)
-        .group_by("a", "b", "ca", "cb")
-        .agg(pl.col("n").sum())
-        .sort("a", "b", "ca", "cb")
-    )
+    return pl.concat(parts).group_by("a", "b").agg(pl.col(c).sum() for c in CELLS).sort("a", "b")
 
 
 def matrix(counts: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
@@ -82,20 +83,8 @@ def matrix(counts: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
     sampling rate, with ``rate`` and ``rel_error`` (the estimate's relative standard error,
     0 where both fingerprints are exact). ``instances`` maps ``idx`` to ``instance``,
     ``host`` and ``rate``."""
-    anon = pl.col("ca") >= ANON
-    anon_b = pl.col("cb") >= ANON
-    per_pair = counts.group_by("a", "b").agg(
-        pl.col("n").filter(anon & anon_b).sum().alias("anon_anon"),
-        pl.col("n")
-        .filter((pl.col("ca") == FILE) & (pl.col("cb") == FILE))
-        .sum()
-        .alias("file_file"),
-        pl.col("n").filter(anon ^ anon_b).sum().alias("anon_file"),
-        pl.col("n").sum().alias("total"),
-        pl.col("n")
-        .filter((pl.col("ca") == KSM_ELIGIBLE) & (pl.col("cb") == KSM_ELIGIBLE))
-        .sum()
-        .alias("ksm"),
+    per_pair = counts.with_columns(
+        (pl.col("total") - pl.col("anon_anon") - pl.col("file_file")).alias("anon_file")
     )
     side = instances.select("idx", "instance", "host", "rate")
     out = per_pair.join(side.rename(lambda c: f"{c}_a"), left_on="a", right_on="idx_a").join(
@@ -120,7 +109,7 @@ def fleet_matrix(fingerprints: pl.DataFrame) -> pl.DataFrame:
     """The whole computation on one node (polars): what the Dask run must equal."""
     instances = instance_index(fingerprints)
     rows = fingerprints.join(instances.select("instance", "idx"), on="instance")
-    counts = add_pair_counts([pair_counts(holder_sets(rows))])
+    counts = add_pair_counts([pair_counts(rows, instances.height)])
     return matrix(counts, instances)
 
 
@@ -138,7 +127,6 @@ def instance_index(fingerprints: pl.DataFrame) -> pl.DataFrame:
 __all__ = [
     "add_pair_counts",
     "fleet_matrix",
-    "holder_sets",
     "instance_index",
     "matrix",
     "pair_counts",

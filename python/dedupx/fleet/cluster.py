@@ -1,8 +1,9 @@
 """The fleet matrix on Dask `distributed`: a ``LocalCluster`` by default, or the scheduler
 at an address. Inputs are loaded on the workers; each fingerprint is split there into
-buckets by hash; each bucket's pair counts are computed where its pieces are; the client
-adds them up. Integer sums in any order: the result equals the one-node computation
-(``dedupx.analysis.fleet_matrix.fleet_matrix``) cell for cell.
+buckets by hash; each bucket's pair counts (matrix products over its contents) are
+computed where its pieces are; the client adds them up. Integer sums in any order: the
+result equals the one-node computation (``dedupx.analysis.fleet_matrix.fleet_matrix``)
+cell for cell.
 """
 
 from __future__ import annotations
@@ -13,13 +14,7 @@ from operator import getitem
 import polars as pl
 from distributed import Client, LocalCluster
 
-from dedupx.analysis.fleet_matrix import (
-    add_pair_counts,
-    holder_sets,
-    instance_index,
-    matrix,
-    pair_counts,
-)
+from dedupx.analysis.fleet_matrix import add_pair_counts, instance_index, matrix, pair_counts
 from dedupx.exceptions import DedupxError
 from dedupx.fleet.inputs import Loaded, load
 
@@ -53,8 +48,8 @@ def _split(loaded: Loaded, index: pl.DataFrame, buckets: int) -> list[pl.DataFra
     return [rows.filter(key == k).drop("b") for k in range(buckets)]
 
 
-def _bucket_pairs(*pieces: pl.DataFrame) -> pl.DataFrame:
-    return pair_counts(holder_sets(pl.concat(pieces)))
+def _bucket_pairs(instances: int, *pieces: pl.DataFrame) -> pl.DataFrame:
+    return pair_counts(pl.concat(pieces), instances)
 
 
 def client_for(scheduler: str | None, workers: int, timeout: float) -> Client:
@@ -89,7 +84,7 @@ def fleet_on_dask(
     ok = [f for f, m in zip(loaded, metas, strict=True) if m is not None]
     parts = client.map(_split, ok, index=index_f, buckets=buckets)
     pieces = [[client.submit(getitem, p, k) for p in parts] for k in range(buckets)]
-    per_bucket = [client.submit(_bucket_pairs, *ps) for ps in pieces]
+    per_bucket = [client.submit(_bucket_pairs, index.height, *ps) for ps in pieces]
     counts = add_pair_counts(client.gather(per_bucket))
     return FleetResult(matrix(counts, index), index, errors)
 
