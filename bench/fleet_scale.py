@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    # Workers start before the fleet is built, so they hold only what they are given.
+    client = client_for(None, args.workers, timeout=10)
     fp = fingerprint(dedupx.open_snapshot(args.snapshot), host="t")
     templates = [fp.filter(pl.col("instance") == i) for i in fp["instance"].unique().sort()]
     templates = [t for t in templates if t["kind"][0] == "vm"]
@@ -50,11 +52,11 @@ def main() -> None:
             t0 = time.perf_counter()
             one = fleet_matrix(fleet)
             t1 = time.perf_counter()
-            with client_for(None, args.workers, timeout=10) as client:
-                t2 = time.perf_counter()
-                res = fleet_on_dask(paths, client=client)
-                t3 = time.perf_counter()
-                workers = client.run(peak_rss_mib)
+            client.restart()  # fresh workers: their memory is this run's alone
+            t2 = time.perf_counter()
+            res = fleet_on_dask(paths, client=client)
+            t3 = time.perf_counter()
+            workers = client.run(peak_rss_mib)
         same = res.matrix.equals(one)
         print(
             f"{hosts:,} hosts, {hosts * args.vms:,} VMs, {fleet.height:,} rows, "
@@ -63,6 +65,7 @@ def main() -> None:
             f"{same}; peak per worker {max(workers.values()):,.0f} MiB; this process "
             f"{peak_rss_mib():,.0f} MiB"
         )
+    client.close()
 
 
 if __name__ == "__main__":

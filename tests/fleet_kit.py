@@ -58,3 +58,53 @@ def remix(
 
 def by_host(fleet: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return {h: fleet.filter(pl.col("host") == h) for h in fleet["host"].unique().sort()}
+
+
+def planted(
+    template: pl.DataFrame, hosts: int, per_host: int, group_contents: int, seed: int = 2
+) -> tuple[pl.DataFrame, int]:
+    """``hosts`` hosts of ``per_host`` VMs, all copies of ``template``, in ``hosts`` planted
+    groups of ``per_host`` VMs that share ``group_contents`` contents of their own; member k
+    of group g runs on host (g + k) mod hosts, so no two members share a host. Each host's
+    RAM fits exactly ``per_host`` VMs. Returns the fleet and the pages that co-locating
+    every group would save beyond now: hosts x group_contents x (per_host - 1)."""
+    rng = random.Random(seed)
+    groups = {g: [rng.randbytes(16) for _ in range(group_contents)] for g in range(hosts)}
+    # Its own seed: remix draws the VMs' own contents from a generator of its own.
+    fleet = remix([template], hosts, per_host, keep=1.0, own=50, seed=seed + 1000)
+    extra = []
+    for g in range(hosts):
+        for k in range(per_host):
+            h = (g + k) % hosts
+            inst = f"host{h:03d}/vm:vm{h:03d}-{k:02d}"
+            extra.append(
+                fleet.filter(pl.col("instance") == inst)
+                .head(1)
+                .drop("hash", "class")
+                .join(
+                    pl.DataFrame(
+                        {"hash": groups[g], "class": [1] * group_contents},
+                        schema={"hash": pl.Binary, "class": pl.UInt8},
+                    ),
+                    how="cross",
+                )
+                .select(fleet.columns)
+            )
+    host_rows = pl.DataFrame(
+        {
+            "host": [f"host{h:03d}" for h in range(hosts)],
+            "instance": [f"host{h:03d}/host" for h in range(hosts)],
+            "kind": ["host"] * hosts,
+            "name": [f"host{h:03d}" for h in range(hosts)],
+            "uuid": [None] * hosts,
+            "ram_bytes": [per_host * (256 << 20)] * hosts,
+            "rate": [1.0] * hosts,
+            "hash": [rng.randbytes(16) for _ in range(hosts)],
+            "class": [0] * hosts,
+        },
+        schema=SCHEMA,
+    )
+    out = pl.concat([fleet, *extra, host_rows]).select(
+        [pl.col(k).cast(t) for k, t in SCHEMA.items()]
+    )
+    return out, hosts * group_contents * (per_host - 1)

@@ -3,6 +3,7 @@ same computation on one node, with sampled fingerprints within the error they st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,8 +15,9 @@ from polars.testing import assert_frame_equal
 import dedupx
 from dedupx.analysis.fingerprint import fingerprint, in_sample
 from dedupx.analysis.fleet_matrix import fleet_matrix
+from dedupx.analysis.placement import place
 from dedupx.fleet.cluster import client_for, fleet_on_dask
-from fleet_kit import by_host, remix
+from fleet_kit import by_host, planted, remix
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import assert_one_line_error, run_cli
 
@@ -113,5 +115,44 @@ def test_fleet_cli(fleet: pl.DataFrame, tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "m.pq").height == 9 * 8 // 2
     res = run_cli("fleet", str(tmp_path / "*.parquet"), env={"COLUMNS": "80"})
     assert res.returncode == 0 and max(len(x) for x in res.stdout.splitlines()) <= 80
+    # Placement needs each host's RAM: the remixed hosts state none.
+    res = run_cli("fleet", str(tmp_path / "host*.parquet"), "--place")
+    assert_one_line_error(res, 2, "--capacity-gib")
+    res = run_cli(
+        "fleet", str(tmp_path / "host*.parquet"), "--place", "--capacity-gib", "1", "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)["placement"]
+    assert plan["fits"] and plan["proposed"] >= max(plan["current"], plan["greedy"])
     res = run_cli("fleet", str(tmp_path / "h*.parquet"), "--scheduler", "tcp://127.0.0.1:9")
     assert_one_line_error(res, 1, "tcp://127.0.0.1:9")
+
+
+def test_placement_recovers_planted_groups(guests_snapshot: tuple[Path, list[int]]) -> None:
+    """Groups of VMs that share contents of their own, spread one per host: the proposed
+    placement co-locates every group, within each host's RAM, and says what that saves."""
+    fp = fingerprint(dedupx.open_snapshot(guests_snapshot[0]), host="h")
+    fleet, planted_pages = planted(
+        fp.filter(pl.col("instance") == "h/vm:f0"), hosts=8, per_host=3, group_contents=500
+    )
+    plan = place(fleet)
+    print(
+        f"saved now {plan['current']:,}, Memory Buddies {plan['greedy']:,}, proposed "
+        f"{plan['proposed']:,} pages; {plan['vms_moved']} VMs moved; planted {planted_pages:,}"
+    )
+    assert plan["fits"]
+    gained = plan["proposed"] - plan["current"]
+    assert abs(gained - planted_pages) <= 0.05 * planted_pages
+    assert plan["proposed"] >= plan["greedy"]
+    # Each group ends on one host.
+    to = {m["vm"]: m["to"] for m in plan["moves"]}
+    where = {
+        i: to.get(i, h)
+        for i, h in fleet.filter(pl.col("kind") == "vm")
+        .select("instance", "host")
+        .unique()
+        .iter_rows()
+    }
+    for g in range(8):
+        members = [f"host{(g + k) % 8:03d}/vm:vm{(g + k) % 8:03d}-{k:02d}" for k in range(3)]
+        assert len({where[m] for m in members}) == 1, (g, [where[m] for m in members])

@@ -19,12 +19,13 @@ from dedupx.analysis.compare import compare
 from dedupx.analysis.density import density, density_summary
 from dedupx.analysis.fingerprint import EXACT_LIMIT, fingerprint
 from dedupx.analysis.fingerprint import summary as fingerprint_summary
+from dedupx.analysis.placement import place as placement
 from dedupx.exceptions import DedupxError, OutputError, UsageError
 from dedupx.fleet.cluster import client_for, fleet_on_dask
 from dedupx.fleet.inputs import expand as expand_inputs
 from dedupx.model.units import MIB
 from dedupx.qemu.guests import find_guests
-from dedupx.report.fleet import fleet_report, render_fleet
+from dedupx.report.fleet import fleet_report, render_fleet, render_placement
 from dedupx.report.html import build_report, write_report
 from dedupx.report.process import process_report
 from dedupx.report.snapshot import snapshot_report
@@ -404,6 +405,16 @@ def fingerprint_cmd(snapshot_dir: str, output: str, host: str | None, rate: floa
     "-o", "--output", type=click.Path(dir_okay=False), help="Also write the pair matrix as Parquet."
 )
 @click.option("--top", default=10, show_default=True, help="Rows in each table.")
+@click.option(
+    "--place",
+    is_flag=True,
+    help="Also propose where each VM should run to share more (docs/fleet.md).",
+)
+@click.option(
+    "--capacity-gib",
+    type=int,
+    help="Each host's RAM for --place (default: as each host's fingerprint states).",
+)
 def fleet_cmd(
     inputs: tuple[str, ...],
     scheduler: str | None,
@@ -411,6 +422,8 @@ def fleet_cmd(
     as_json: bool,
     output: str | None,
     top: int,
+    place: bool,
+    capacity_gib: int | None,
 ) -> None:
     """Sharing across a fleet: read fingerprint files or snapshot directories (paths,
     globs, fsspec URLs) on Dask and give, for every pair of instances on any hosts, the
@@ -423,16 +436,25 @@ def fleet_cmd(
         if not paths:
             raise UsageError("the paths and globs name no input")
         with client_for(scheduler, workers, timeout=10.0) as client:
-            result = fleet_on_dask(paths, client=client)
+            result = fleet_on_dask(paths, client=client, gather=place)
         for e in result.errors:
             click.echo(f"dedupx: warning: left out {e}", err=True)
         if output:
             write_parquet_file(result.matrix, output)
+        plan = None
+        if place and result.fingerprints is not None:
+            caps = None
+            if capacity_gib:
+                hosts = result.fingerprints["host"].unique()
+                caps = {h: capacity_gib << 30 for h in hosts}
+            plan = placement(result.fingerprints, caps)
         if as_json:
             report = fleet_report(result.matrix, result.instances, result.errors)
-            click.echo(json.dumps(report, default=str))
+            click.echo(json.dumps({**report, "placement": plan}, default=str))
         else:
             render_fleet(result.matrix, result.instances, top, Console())
+            if plan is not None:
+                render_placement(plan, top, Console())
 
     run_guarded(work)
 

@@ -30,6 +30,7 @@ class FleetResult:
     matrix: pl.DataFrame
     instances: pl.DataFrame
     errors: list[str] = field(default_factory=list)  # inputs left out, each with why
+    fingerprints: pl.DataFrame | None = None  # all rows, when asked to gather them
 
 
 def _instances(loaded: Loaded) -> pl.DataFrame | None:
@@ -71,8 +72,10 @@ def fleet_on_dask(
     *,
     client: Client,
     buckets: int = BUCKETS,
+    gather: bool = False,
 ) -> FleetResult:
-    """The fleet matrix of ``paths`` (fingerprint files or snapshot directories)."""
+    """The fleet matrix of ``paths`` (fingerprint files or snapshot directories); with
+    ``gather``, also every fingerprint row on the client (placement needs them)."""
     loaded = client.map(load, paths, pure=False)
     metas = client.gather(client.map(_instances, loaded))
     errors = [r.error for r in client.gather(client.map(_error_of, loaded)) if r is not None]
@@ -86,7 +89,10 @@ def fleet_on_dask(
     pieces = [[client.submit(getitem, p, k) for p in parts] for k in range(buckets)]
     per_bucket = [client.submit(_bucket_pairs, index.height, *ps) for ps in pieces]
     counts = add_pair_counts(client.gather(per_bucket))
-    return FleetResult(matrix(counts, index), index, errors)
+    rows = None
+    if gather:
+        rows = pl.concat([r.rows for r in client.gather(ok) if r.rows is not None])
+    return FleetResult(matrix(counts, index), index, errors, rows)
 
 
 def _error_of(loaded: Loaded) -> Loaded | None:

@@ -61,4 +61,20 @@ def render_fleet(m: pl.DataFrame, instances: pl.DataFrame, top: int, console: Co
     console.print(h)
 
 
-__all__ = ["fleet_report", "host_savings", "render_fleet"]
+def render_placement(plan: dict[str, Any], top: int, console: Console) -> None:
+    console.print(
+        f"Placement: merging within hosts saves {pages_to_mib(plan['current']):,.1f} MiB "
+        f"now, {pages_to_mib(plan['greedy']):,.1f} MiB placed by Memory Buddies' greedy "
+        f"heuristic, {pages_to_mib(plan['proposed']):,.1f} MiB as proposed: "
+        f"{plan['vms_moved']:,} VMs move, {plan['hosts_freed']:,} hosts freed."
+    )
+    if plan["moves"]:
+        t = Table(title=f"Moves (first {top})", title_justify="left")
+        for col in ("VM", "from", "to"):
+            t.add_column(col)
+        for m in plan["moves"][:top]:
+            t.add_row(escape(m["vm"]), escape(m["from"]), escape(m["to"]))
+        console.print(t)
+
+
+__all__ = ["fleet_report", "host_savings", "render_fleet", "render_placement"]
