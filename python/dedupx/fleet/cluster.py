@@ -8,6 +8,7 @@ cell for cell.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from operator import getitem
 
@@ -57,8 +58,13 @@ def client_for(scheduler: str | None, workers: int, timeout: float) -> Client:
     """A client of the scheduler at ``scheduler``, or of a new LocalCluster of
     ``workers`` processes. An unreachable scheduler is a FleetError naming it."""
     if scheduler is None:
+        # A free port for the scheduler's HTTP server: another cluster may hold 8787.
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
         )
         return Client(cluster)
     try:
