@@ -154,6 +154,8 @@ mod tests {
             cgroup: String::new(),
             pid_ns: 0,
             vmas: vec![vma(0, 3), vma(10, 4), vma(100, 25)],
+            fingerprint: Default::default(),
+            changes: Default::default(),
         };
         let w = HostScan::page_windows(&p, 10);
         let pages: Vec<(u64, u64)> = w.iter().map(|&(a, b)| (a / 4096, b / 4096)).collect();

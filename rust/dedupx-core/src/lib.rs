@@ -28,6 +28,7 @@ pub mod proc_info;
 pub mod process_memory;
 pub mod process_scan;
 pub mod read_and_hash;
+pub mod read_changes;
 pub mod read_plan;
 pub mod segments;
 pub mod stages;

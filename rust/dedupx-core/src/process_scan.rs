@@ -18,6 +18,7 @@ use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
 use crate::process_memory::{ProcessFiles, ProcessPages};
 use crate::read_and_hash::read_and_hash;
+use crate::read_changes::{changed_pages, diff_vmas, read_maps, ReadChanges};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
 
@@ -52,8 +53,10 @@ pub struct ScanStats {
     pub unreadable_pfns: u64,
     /// PFNs that failed to copy or changed mapping while being read.
     pub vanished_pfns: u64,
+    /// What changed in the process between the first reading and the re-check after the last.
+    pub changes: ReadChanges,
     pub threads: usize,
-    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, assemble.
+    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, recheck, assemble.
     pub stage_ms: StageTimes,
 }
 
@@ -147,6 +150,8 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     clock.lap("hash");
     let counts = kpage.read_counts(&uniq)?;
     drop(uniq);
+    stats.changes = recheck(root, pid, &pagemap, &vmas, (&vma_id, &vaddr, &entries))?;
+    clock.lap("recheck");
     let pages = assemble(vma_id, vaddr, entries, uidx, flags, counts, contents);
     clock.lap("assemble");
     stats.stage_ms = clock.finish();
@@ -155,6 +160,43 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         vmas,
         pages,
         stats,
+    })
+}
+
+/// Reads the process's maps and pagemap again, once everything else is read, and says how
+/// much differs from the first reading (`first`): a scan of a process that changed meanwhile
+/// is flagged, not silently mixed from two moments.
+fn recheck(
+    root: &Path,
+    pid: u32,
+    pagemap: &Pagemap,
+    vmas: &[Vma],
+    first: (&[u32], &[u64], &[PagemapEntry]),
+) -> Result<ReadChanges> {
+    let (vma_id, vaddr, entries) = first;
+    let present = entries.iter().filter(|e| e.present()).count() as u64;
+    let gone = |e: &ScanError| {
+        matches!(
+            e,
+            ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }
+        )
+    };
+    let now = match read_maps(root, pid) {
+        Ok(now) => now,
+        Err(e) if gone(&e) => return Ok(ReadChanges::gone(present, vmas.len())),
+        Err(e) => return Err(e),
+    };
+    let (vmas_appeared, vmas_vanished) = diff_vmas(vmas, &now);
+    let pages = match changed_pages(pagemap, vmas, vma_id, vaddr, entries) {
+        Ok(n) => n,
+        Err(e) if gone(&e) => return Ok(ReadChanges::gone(present, vmas.len())),
+        Err(e) => return Err(e),
+    };
+    Ok(ReadChanges {
+        pages,
+        vmas_appeared,
+        vmas_vanished,
+        exited: false,
     })
 }
 

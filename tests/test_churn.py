@@ -1,0 +1,46 @@
+"""A process that changes while dedupx reads it is flagged, with how much changed, and its
+figures stay consistent (tests/churn_kit.py makes the churn)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dedupx
+from churn_kit import Churn, Outcomes, api_scan_trial, check_report
+from helpers import LayoutProcess, run_cli
+
+
+def test_quiet_process_is_not_flagged(layout: LayoutProcess) -> None:
+    s = dedupx.scan(layout.pid)
+    assert s.changed_while_read == {
+        "changed": False,
+        "vanished_pfns": 0,
+        "changed_pages": 0,
+        "vmas_appeared": 0,
+        "vmas_vanished": 0,
+        "exited": False,
+    }
+    res = run_cli("scan", "--pid", str(layout.pid))
+    assert res.returncode == 0, res.stderr
+    assert "Changed while read" not in res.stdout
+
+
+def test_churning_process_is_flagged_and_consistent() -> None:
+    with Churn(workers=1, seed=7) as churn:
+        time.sleep(0.5)  # let it map a few dozen regions first
+        worker = churn.procs[0].pid
+        out = Outcomes()
+        for _ in range(5):
+            api_scan_trial(worker, out)
+        # It maps, moves and unmaps every millisecond or so: no scan catches it still.
+        assert out.counts == {"flagged": 5}, (out.counts, out.failures)
+        res = run_cli("scan", "--pid", str(worker), "--json", "--threads", "1")
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        changes = report["changed_while_read"]
+        assert changes["changed"] and changes["changed_pages"] + changes["vmas_appeared"] > 0
+        assert check_report(report) == []
+        res = run_cli("scan", "--pid", str(worker), "--threads", "1")
+        assert res.returncode == 0, res.stderr
+        assert "Changed while read:" in res.stdout
