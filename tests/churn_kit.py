@@ -152,9 +152,13 @@ class Outcomes:
 
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    # The same counts split by what was scanned (a worker, a short-lived child, the host).
+    by_target: Counter[str] = field(default_factory=Counter)
+    target: str = ""
 
     def add(self, outcome: str, detail: str = "") -> None:
         self.counts[outcome] += 1
+        self.by_target[f"{self.target}: {outcome}"] += 1
         if outcome in ("traceback", "wrong exit", "inconsistent"):
             self.failures.append(f"{outcome}: {detail}"[:2000])
 
@@ -298,9 +302,13 @@ def run_trials(
         rng.shuffle(plan)
         for kind in plan:
             if kind == "snapshot":
+                snap_out.target = "host"
                 snapshot_trial(Path(d), snap_out)
                 continue
-            pid = rng.choice(churn.pids())
+            pids = churn.pids()
+            pid = rng.choice(pids)
+            workers = {p.pid for p in churn.procs}
+            scan_out.target = "worker" if pid in workers else "child"
             if rng.random() < cli_share:
                 cli_scan_trial(pid, scan_out)
             else:

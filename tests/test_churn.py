@@ -7,7 +7,7 @@ import json
 import time
 
 import dedupx
-from churn_kit import Churn, Outcomes, api_scan_trial, check_report
+from churn_kit import Churn, Outcomes, api_scan_trial, check_report, run_trials
 from helpers import LayoutProcess, run_cli
 
 
@@ -44,3 +44,20 @@ def test_churning_process_is_flagged_and_consistent() -> None:
         res = run_cli("scan", "--pid", str(worker), "--threads", "1")
         assert res.returncode == 0, res.stderr
         assert "Changed while read:" in res.stdout
+
+
+def test_churn_sample() -> None:
+    """A small run of bench/churn.py (`make churn` runs 1,000 scans and 100 snapshots)."""
+    scans, snaps = run_trials(30, 3, seed=11)
+    print("scans", dict(scans.counts), "snapshots", dict(snaps.counts))
+    assert scans.bad() == 0 and snaps.bad() == 0, scans.failures + snaps.failures
+    assert sum(scans.counts.values()) == 30 and sum(snaps.counts.values()) == 3
+    # The workers themselves never exit: a scan of one always gives figures.
+    assert scans.by_target.keys() <= {
+        "worker: ok",
+        "worker: flagged",
+        "child: ok",
+        "child: flagged",
+        "child: error 4",
+        "child: error 5",
+    }, scans.by_target
