@@ -5,7 +5,7 @@ PYTHON ?= python3
 PID ?=
 APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio chromium
 
-.PHONY: help setup build run test test-rs test-py lint bench fmt agent fuzz churn
+.PHONY: help setup build run test test-rs test-py lint bench fmt agent fuzz churn kill9
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -46,6 +46,9 @@ bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 
 
 churn: ## 1,000 scans and 100 host snapshots of a churning host: counts of each outcome
 	cd bench && $(PYTHON) churn.py --scans $(or $(SCANS),1000) --snapshots $(or $(SNAPSHOTS),100)
+
+kill9: ## 100 host snapshots killed with SIGKILL at random moments: counts of each outcome
+	cd bench && $(PYTHON) kill9.py --kills $(or $(KILLS),100)
 
 agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknown-linux-gnu/release/)
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu

@@ -155,15 +155,16 @@ class Outcomes:
     # The same counts split by what was scanned (a worker, a short-lived child, the host).
     by_target: Counter[str] = field(default_factory=Counter)
     target: str = ""
+    failure_kinds: tuple[str, ...] = ("traceback", "wrong exit", "inconsistent")
 
     def add(self, outcome: str, detail: str = "") -> None:
         self.counts[outcome] += 1
         self.by_target[f"{self.target}: {outcome}"] += 1
-        if outcome in ("traceback", "wrong exit", "inconsistent"):
+        if outcome in self.failure_kinds:
             self.failures.append(f"{outcome}: {detail}"[:2000])
 
     def bad(self) -> int:
-        return sum(self.counts[k] for k in ("traceback", "wrong exit", "inconsistent"))
+        return sum(self.counts[k] for k in self.failure_kinds)
 
 
 def inconsistencies(fp: dict[str, Any], classes: dict[str, int]) -> list[str]:

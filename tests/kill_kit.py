@@ -1,0 +1,123 @@
+"""`dedupx snapshot` killed with SIGKILL at random moments (tests/test_snapshot_kill.py,
+bench/kill9.py).
+
+Every trial writes the same target and is killed at a random moment: half the time drawn
+uniformly from zero to a little past how long an unkilled write takes, half the time from
+the part of it when the temporary directory exists (where most can go wrong). After each
+kill:
+
+- the target either does not exist, or opens whole (the write had finished: ``completed``);
+- each temporary directory left (``left partial``) refuses to open (``CorruptSnapshot``);
+- every temporary directory that was there before the trial and is gone after it was
+  named on the trial's stderr (a killed write may die before it gets to clean up).
+
+A last, unkilled write must name and remove every partial still there. Failures:
+``opened incomplete``, ``removed silently``, ``not removed``, ``wrong exit``.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dedupx
+from churn_kit import Outcomes
+from dedupx.exceptions import CorruptSnapshot
+
+FAILURES = ("opened incomplete", "removed silently", "not removed", "wrong exit")
+
+
+def snapshot_cmd(target: Path, proc_root: Path | None) -> list[str]:
+    root = ["--proc-root", str(proc_root)] if proc_root else []
+    return [sys.executable, "-m", "dedupx", "snapshot", "-o", str(target), "-q", *root]
+
+
+def small_proc_root(workdir: Path, pids: list[int]) -> Path:
+    """A procfs that shows only ``pids`` (links into /proc): a host snapshot of a few
+    processes, written by the same code, in a fraction of the time."""
+    root = workdir / "proc"
+    root.mkdir()
+    for name in ("kpageflags", "kpagecount", "kpagecgroup", "iomem", "meminfo"):
+        (root / name).symlink_to(f"/proc/{name}")
+    for pid in pids:
+        (root / str(pid)).symlink_to(f"/proc/{pid}")
+    return root
+
+
+def timed_write(cmd: list[str], target: Path) -> tuple[float, float]:
+    """Writes once unkilled: seconds until its temporary directory appeared, and in all."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    appeared = None
+    while proc.poll() is None:
+        if appeared is None and partials(target):
+            appeared = time.monotonic() - t0
+        time.sleep(0.002)
+    whole = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}")
+    return (appeared if appeared is not None else 0.0), whole
+
+
+def partials(target: Path) -> set[Path]:
+    return set(target.parent.glob(f".{target.name}.*.partial"))
+
+
+def opens(path: Path) -> bool:
+    try:
+        dedupx.open_snapshot(path)
+    except CorruptSnapshot:
+        return False
+    return True
+
+
+def kill_trials(n: int, workdir: Path, seed: int = 1, proc_root: Path | None = None) -> Outcomes:
+    """``n`` snapshots to ``workdir/snap`` (of the host seen in ``proc_root``, default
+    /proc), each killed at a random moment, then one whole."""
+    rng = random.Random(seed)
+    out = Outcomes(failure_kinds=FAILURES)
+    target = workdir / "snap"
+    cmd = snapshot_cmd(target, proc_root)
+    writing, whole = timed_write(cmd, target)
+    shutil.rmtree(target)
+    for _ in range(n):
+        before = partials(target)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        at = rng.uniform(0, whole * 1.1) if rng.random() < 0.5 else rng.uniform(writing, whole)
+        try:
+            proc.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        if proc.returncode not in (0, -signal.SIGKILL):
+            out.add("wrong exit", f"exit {proc.returncode}: {err}")
+        after = partials(target)
+        for p in before - after:
+            if f"removed {p}" not in err:
+                out.add("removed silently", str(p))
+        if any(opens(p) for p in after):
+            out.add("opened incomplete", str(sorted(after)))
+        if target.exists():
+            if opens(target):
+                out.add("completed")
+                shutil.rmtree(target)
+            else:
+                out.add("opened incomplete", f"{target} exists but does not open")
+        elif after - before:
+            out.add("left partial")
+        else:
+            out.add("killed before writing")
+    left = partials(target)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 or not opens(target):
+        out.add("wrong exit", f"last write: exit {res.returncode}: {res.stderr}")
+    for p in left:
+        if p.exists() or f"removed {p}" not in res.stderr:
+            out.add("not removed", str(p))
+    out.counts["removed by the last write"] = len(left)
+    return out
