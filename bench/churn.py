@@ -28,7 +28,14 @@ def main() -> None:
     ap.add_argument("--cli-share", type=float, default=0.25, help="share of scans via the CLI")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    scans, snaps = run_trials(args.scans, args.snapshots, args.seed, args.cli_share)
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0:
+            print(f"{done}/{total} trials, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    scans, snaps = run_trials(
+        args.scans, args.snapshots, args.seed, args.cli_share, progress=progress
+    )
     report = {
         "seconds": round(time.perf_counter() - t0),
         "scans": dict(scans.counts),

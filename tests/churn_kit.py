@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,12 @@ def snapshot_trial(workdir: Path, out: Outcomes) -> int:
 
 
 def run_trials(
-    scans: int, snapshots: int, seed: int = 1, cli_share: float = 0.25, workdir: Path | None = None
+    scans: int,
+    snapshots: int,
+    seed: int = 1,
+    cli_share: float = 0.25,
+    workdir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Outcomes, Outcomes]:
     """``scans`` scans of random churning processes (a ``cli_share`` of them through the
     CLI, the rest through the API) and ``snapshots`` host snapshots, all under churn."""
@@ -301,7 +307,9 @@ def run_trials(
     with Churn(seed=seed) as churn, tempfile.TemporaryDirectory(dir=workdir) as d:
         plan = ["scan"] * scans + ["snapshot"] * snapshots
         rng.shuffle(plan)
-        for kind in plan:
+        for done, kind in enumerate(plan):
+            if progress:
+                progress(done, len(plan))
             if kind == "snapshot":
                 snap_out.target = "host"
                 snapshot_trial(Path(d), snap_out)

@@ -79,6 +79,8 @@ def process_report(
         "top_duplicates": top_duplicates(frames, top).to_dicts(),
         "coverage": frames.provenance.coverage,
         "changed_while_read": scan_changes(scan.stats),
+        # Pages whose map count dedupx's own mappings raised, counted as if it were absent.
+        "observer_corrected_pfns": int(scan.stats.get("observer_pfns", 0)),
         "guest": guest_summary(scan, guest, gpa_map, gpa_map_error),
         "vmas": scan.vmas.height,
         "threads": scan.stats.get("threads", 0),

@@ -80,7 +80,8 @@ impl HostScan {
         fresh.sort_unstable();
         fresh.dedup();
         let fresh_flags = kpage.read_flags(&fresh)?;
-        let fresh_counts = kpage.read_counts(&fresh)?;
+        let mut fresh_counts = kpage.read_counts(&fresh)?;
+        self.own.correct(&fresh, &mut fresh_counts);
         let n = entries.len();
         let mut t = PageTable {
             pfn: Vec::with_capacity(n),

@@ -15,6 +15,7 @@ use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
+use crate::observer::OwnPages;
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::page_table::{Contents, NO_HASH};
 use crate::pagemap::{check_pfns_visible, Pagemap};
@@ -56,6 +57,8 @@ pub struct HostStats {
     pub hashed_pfns: u64,
     pub unreadable_pfns: u64,
     pub vanished_pfns: u64,
+    /// Distinct PFNs whose map count was lowered by dedupx's own mappings of them.
+    pub observer_pfns: u64,
     /// Processes that changed while pass 1 read them (see [`HostProcess::changes`]).
     pub changed_processes: u64,
     pub threads: usize,
@@ -78,6 +81,8 @@ pub struct HostScan {
     pub contents: Contents,
     /// Per PFN: its content is all zeros.
     pub zero: BitVec,
+    /// The pages dedupx maps itself, whose map counts are lowered (see [`crate::observer`]).
+    pub own: OwnPages,
     /// Unmapped page-cache pages hashed through files (see
     /// [`crate::host_snapshot::add_cached_files`]), sorted by PFN.
     pub file_cache: Vec<(u64, PageHash)>,
@@ -206,7 +211,9 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         &mut contents.hashed,
         &|done| Ok(check(progress, "hash", done, total)?),
     )?;
-    let counts = kpage.read_counts(&pfns)?;
+    let mut counts = kpage.read_counts(&pfns)?;
+    let own = OwnPages::read()?;
+    stats.observer_pfns = own.correct(&pfns, &mut counts);
     processes
         .par_iter_mut()
         .map(|p| {
@@ -237,6 +244,7 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         counts,
         contents,
         zero,
+        own,
         file_cache: Vec::new(),
         stats,
     })

@@ -18,6 +18,7 @@ pub mod kpageflags;
 pub mod lime;
 pub mod live_memory;
 pub mod maps;
+pub mod observer;
 pub mod page_hash;
 pub mod page_source;
 pub mod page_table;

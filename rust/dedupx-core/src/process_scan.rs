@@ -11,6 +11,7 @@ use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
+use crate::observer::OwnPages;
 use crate::page_hash::zero_page_hash;
 use crate::page_table::{assemble, Contents, PageTable};
 use crate::pagemap::{check_pfns_visible, Pagemap, PagemapEntry};
@@ -53,6 +54,9 @@ pub struct ScanStats {
     pub unreadable_pfns: u64,
     /// PFNs that failed to copy or changed mapping while being read.
     pub vanished_pfns: u64,
+    /// Distinct PFNs whose map count was lowered by dedupx's own mappings of them
+    /// (see [`crate::observer`]).
+    pub observer_pfns: u64,
     /// What changed in the process between the first reading and the re-check after the last.
     pub changes: ReadChanges,
     pub threads: usize,
@@ -148,7 +152,11 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         stats.vanished_pfns = read.vanished;
     }
     clock.lap("hash");
-    let counts = kpage.read_counts(&uniq)?;
+    let mut counts = kpage.read_counts(&uniq)?;
+    // Counted as if dedupx were not running, unless dedupx is what is scanned.
+    if pid != std::process::id() {
+        stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
+    }
     drop(uniq);
     stats.changes = recheck(root, pid, &pagemap, &vmas, (&vma_id, &vaddr, &entries))?;
     clock.lap("recheck");

@@ -94,6 +94,7 @@ impl HostSnapshot {
         d.set_item("unreadable_pfns", s.unreadable_pfns)?;
         d.set_item("vanished_pfns", s.vanished_pfns)?;
         d.set_item("changed_processes", s.changed_processes)?;
+        d.set_item("observer_pfns", s.observer_pfns)?;
         d.set_item("threads", s.threads)?;
         d.set_item("stage_ms", stage_ms(py, &s.stage_ms)?)?;
         d.set_item(
