@@ -328,6 +328,8 @@ fn recheck(root: &Path, p: &HostProcess, pfns: &[u64]) -> Result<ReadChanges> {
     let now = match read_maps(root, pid) {
         Ok(now) => now,
         Err(ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }) => return Ok(gone),
+        // Read once already; a re-check the kernel refuses now says nothing either way.
+        Err(ScanError::PermissionDenied { .. }) => return Ok(ReadChanges::default()),
         Err(e) => return Err(e),
     };
     let (vmas_appeared, vmas_vanished) = diff_vmas(&p.vmas, &now);
@@ -350,6 +352,7 @@ fn recheck(root: &Path, p: &HostProcess, pfns: &[u64]) -> Result<ReadChanges> {
             Err(ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }) => {
                 return Ok(gone)
             }
+            Err(ScanError::PermissionDenied { .. }) => return Ok(ReadChanges::default()),
             Err(e) => return Err(e),
         }
     }
