@@ -37,18 +37,6 @@ def snapshot_cmd(target: Path, proc_root: Path | None) -> list[str]:
     return [sys.executable, "-m", "dedupx", "snapshot", "-o", str(target), "-q", *root]
 
 
-def small_proc_root(workdir: Path, pids: list[int]) -> Path:
-    """A procfs that shows only ``pids`` (links into /proc): a host snapshot of a few
-    processes, written by the same code, in a fraction of the time."""
-    root = workdir / "proc"
-    root.mkdir()
-    for name in ("kpageflags", "kpagecount", "kpagecgroup", "iomem", "meminfo"):
-        (root / name).symlink_to(f"/proc/{name}")
-    for pid in pids:
-        (root / str(pid)).symlink_to(f"/proc/{pid}")
-    return root
-
-
 def timed_write(cmd: list[str], target: Path) -> tuple[float, float]:
     """Writes once unkilled: seconds until its temporary directory appeared, and in all."""
     t0 = time.monotonic()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import dedupx
 from churn_kit import Churn, Outcomes, api_scan_trial, check_report, run_trials
-from helpers import LayoutProcess, run_cli
+from helpers import LayoutProcess, run_cli, small_proc_root
 
 
 def test_quiet_process_is_not_flagged(layout: LayoutProcess) -> None:
@@ -61,3 +62,21 @@ def test_churn_sample() -> None:
         "child: error 4",
         "child: error 5",
     }, scans.by_target
+
+
+def test_snapshot_flags_the_churning_process(layout: LayoutProcess, tmp_path: Path) -> None:
+    with Churn(workers=1, seed=5) as churn:
+        time.sleep(0.5)
+        worker = churn.procs[0].pid
+        root = small_proc_root(tmp_path, [worker, layout.pid])
+        res = run_cli("snapshot", "-o", str(tmp_path / "s"), "-q", "--proc-root", str(root))
+        assert res.returncode == 0, res.stderr
+    procs = dedupx.open_snapshot(tmp_path / "s").processes
+    assert procs is not None
+    rows = {r["pid"]: r for r in procs.collect().iter_rows(named=True)}
+    assert rows[layout.pid]["changed_pages"] == rows[layout.pid]["vmas_appeared"] == 0
+    w = rows[worker]
+    assert w["changed_pages"] + w["vmas_appeared"] + w["vmas_vanished"] > 0
+    res = run_cli("analyze", str(tmp_path / "s"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert [c["pid"] for c in json.loads(res.stdout)["changed_while_read"]] == [worker]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from helpers import stop
-from kill_kit import kill_trials, small_proc_root
+from helpers import small_proc_root, stop
+from kill_kit import kill_trials
 
 
 def test_snapshot_killed_at_random_moments(tmp_path: Path) -> None:
