@@ -9,7 +9,7 @@ report flags it, with how much changed:
 - ``vanished_pfns``: distinct PFNs that failed to copy or were no longer mapped where
   their flags had been read (their content is not hashed; a process scan only);
 - ``changed_pages``: pages of the first reading's mappings whose PFN changed, went or
-  came (exact for a process scan, a lower bound in a host snapshot);
+  came (compared page by page for a process scan, a lower bound in a host snapshot);
 - ``vmas_appeared`` / ``vmas_vanished``: mappings found only at the re-check / only at
   the first reading;
 - ``exited``: the process was gone at the re-check.

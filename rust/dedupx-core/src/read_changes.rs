@@ -17,7 +17,8 @@ use crate::pagemap::{Pagemap, PagemapEntry};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReadChanges {
     /// Pages of the first reading's mappings that now map another PFN, went, or came.
-    /// Exact for one process scan; a lower bound in a host snapshot (see [`Fingerprint`]).
+    /// Compared page by page in a process scan (a page that changed and changed back is not
+    /// seen); a lower bound in a host snapshot (see [`Fingerprint`]).
     pub pages: u64,
     /// Mappings (start, end, perms, offset, inode) in the re-check and not the first reading.
     pub vmas_appeared: u64,
