@@ -2,8 +2,9 @@
 bench/kill9.py).
 
 Every trial writes the same target and is killed at a random moment: half the time drawn
-uniformly from zero to a little past how long an unkilled write takes, half the time from
-the part of it when the temporary directory exists (where most can go wrong). After each
+uniformly from zero to a little past how long an unkilled write takes, half the time
+uniformly over how long the temporary directory lived in that write, counted from when
+this trial's appears (where most can go wrong). After each
 kill:
 
 - the target either does not exist, or opens whole (the write had finished: ``completed``);
@@ -64,6 +65,13 @@ def opens(path: Path) -> bool:
     return True
 
 
+def wait_then_kill(proc: subprocess.Popen[str], seconds: float) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+
+
 def kill_trials(n: int, workdir: Path, seed: int = 1, proc_root: Path | None = None) -> Outcomes:
     """``n`` snapshots to ``workdir/snap`` (of the host seen in ``proc_root``, default
     /proc), each killed at a random moment, then one whole."""
@@ -76,11 +84,13 @@ def kill_trials(n: int, workdir: Path, seed: int = 1, proc_root: Path | None = N
     for _ in range(n):
         before = partials(target)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        at = rng.uniform(0, whole * 1.1) if rng.random() < 0.5 else rng.uniform(writing, whole)
-        try:
-            proc.wait(timeout=at)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
+        if rng.random() < 0.5:
+            wait_then_kill(proc, rng.uniform(0, whole * 1.1))
+        else:
+            # Once this write's temporary directory exists, however long that took here.
+            while proc.poll() is None and not partials(target) - before:
+                time.sleep(0.002)
+            wait_then_kill(proc, rng.uniform(0, whole - writing))
         _, err = proc.communicate()
         if proc.returncode not in (0, -signal.SIGKILL):
             out.add("wrong exit", f"exit {proc.returncode}: {err}")
