@@ -44,8 +44,8 @@ fmt: ## format Rust and Python sources
 bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 2 GiB guest
 	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py && $(PYTHON) vm_scan.py && $(PYTHON) report_time.py
 
-churn: ## 1,000 scans and 100 host snapshots of a churning host: counts of each outcome
-	cd bench && $(PYTHON) churn.py --scans $(or $(SCANS),1000) --snapshots $(or $(SNAPSHOTS),100)
+churn: ## 1,000 scans, 100 snapshots under churn: outcome counts (CHURN_ONLY=1: snapshot the churn alone)
+	cd bench && $(PYTHON) churn.py --scans $(or $(SCANS),1000) --snapshots $(or $(SNAPSHOTS),100) $(if $(CHURN_ONLY),--churn-only)
 
 kill9: ## 100 host snapshots killed with SIGKILL at random moments: counts of each outcome
 	cd bench && $(PYTHON) kill9.py --kills $(or $(KILLS),100)
