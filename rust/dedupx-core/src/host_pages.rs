@@ -156,6 +156,7 @@ mod tests {
             pid_ns: 0,
             vmas: vec![vma(0, 3), vma(10, 4), vma(100, 25)],
             fingerprint: Default::default(),
+            vma_present: Vec::new(),
             changes: Default::default(),
         };
         let w = HostScan::page_windows(&p, 10);

@@ -24,7 +24,7 @@ use crate::proc_info::{read_proc_info, ProcInfo};
 use crate::process_memory::ProcessPages;
 use crate::process_scan::ScanOptions;
 use crate::read_and_hash::read_and_hash;
-use crate::read_changes::{diff_vmas, read_maps, Fingerprint, ReadChanges};
+use crate::read_changes::{diff_vmas, read_maps, worth_rechecking, Fingerprint, ReadChanges};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
 
@@ -39,8 +39,9 @@ pub struct HostProcess {
     /// Inode of the process's PID namespace (0 if unknown).
     pub pid_ns: u64,
     pub vmas: Vec<Vma>,
-    /// Its present pages as pass 1 first read them.
+    /// Its present pages as pass 1 first read them, and how many in each mapping.
     pub fingerprint: Fingerprint,
+    pub vma_present: Vec<u64>,
     /// What changed between that reading and the re-check at the end of pass 1.
     pub changes: ReadChanges,
 }
@@ -285,13 +286,15 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
     let mut cands = Vec::new();
     let mut present = 0u64;
     let mut fingerprint = Fingerprint::default();
+    let mut vma_present = vec![0u64; vmas.len()];
     if !vmas.is_empty() {
         let pagemap = Pagemap::open(root, pid)?;
-        for vma in vmas.iter().filter(|v| v.in_pagemap()) {
+        for (id, vma) in vmas.iter().enumerate().filter(|(_, v)| v.in_pagemap()) {
             let unreadable = !vma.readable();
             pagemap.for_each_mapped(vma.start, vma.end, |vaddr, e| {
                 if let Some(pfn) = e.pfn() {
                     present += 1;
+                    vma_present[id] += 1;
                     fingerprint.add(vaddr, pfn);
                     cands.push(Candidate {
                         pfn,
@@ -312,6 +315,7 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
             pid_ns,
             vmas,
             fingerprint,
+            vma_present,
             changes: ReadChanges::default(),
         },
         cands,
@@ -337,7 +341,12 @@ fn recheck(root: &Path, p: &HostProcess, pfns: &[u64]) -> Result<ReadChanges> {
     let mut fresh = 0u64;
     if !p.vmas.is_empty() {
         let read = Pagemap::open(root, pid).and_then(|pagemap| {
-            for vma in p.vmas.iter().filter(|v| v.in_pagemap()) {
+            let rechecked = p
+                .vmas
+                .iter()
+                .zip(&p.vma_present)
+                .filter(|(v, &n)| v.in_pagemap() && worth_rechecking(v, n));
+            for (vma, _) in rechecked {
                 pagemap.for_each_mapped(vma.start, vma.end, |vaddr, e| {
                     if let Some(pfn) = e.pfn() {
                         fp.add(vaddr, pfn);

@@ -91,6 +91,17 @@ pub fn diff_vmas(before: &[Vma], after: &[Vma]) -> (u64, u64) {
     (appeared, vanished)
 }
 
+/// Mappings larger than this (1 GiB) in which the first reading found no page are not read
+/// again: sparse reservations of terabytes (allocators, sanitizers, JIT cages) would make the
+/// re-check cost as much as the first reading, to find pages that came meanwhile into memory
+/// nothing of the scan describes. Their pages are left out of `pages` (a lower bound there).
+pub const SPARSE_MAPPING_PAGES: u64 = 1 << 18;
+
+/// Whether a mapping's pagemap is read again, given how many pages the first reading found.
+pub fn worth_rechecking(vma: &Vma, first_pages: u64) -> bool {
+    first_pages > 0 || vma.pages() <= SPARSE_MAPPING_PAGES
+}
+
 /// What a page is for this comparison: its PFN, or no PFN (swapped out, or not there).
 fn frame(e: PagemapEntry) -> Option<u64> {
     e.pfn()
@@ -115,6 +126,9 @@ pub fn changed_pages(
         let begin = row;
         while row < vma_id.len() && vma_id[row] as usize == id {
             row += 1;
+        }
+        if !worth_rechecking(vma, (row - begin) as u64) {
+            continue;
         }
         let before = &vaddr[begin..row];
         let before_entries = &first[begin..row];
