@@ -5,7 +5,7 @@ PYTHON ?= python3
 PID ?=
 APT_PACKAGES := gcc util-linux procps qemu-system-x86 busybox-static cpio chromium
 
-.PHONY: help setup build run test test-rs test-py lint bench fmt agent fuzz fuzz-smoke
+.PHONY: help setup build run test test-rs test-py lint bench fmt agent fuzz fuzz-smoke churn kill9
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -44,6 +44,12 @@ fmt: ## format Rust and Python sources
 
 bench: setup ## GB/s and peak memory of a scan, an image, a host snapshot and a 2 GiB guest
 	cd bench && $(PYTHON) scan_throughput.py && $(PYTHON) image_throughput.py && $(PYTHON) snapshot_throughput.py && $(PYTHON) vm_scan.py && $(PYTHON) report_time.py
+
+churn: ## 1,000 scans, 100 snapshots under churn: outcome counts (CHURN_ONLY=1: snapshot the churn alone)
+	cd bench && $(PYTHON) churn.py --scans $(or $(SCANS),1000) --snapshots $(or $(SNAPSHOTS),100) $(if $(CHURN_ONLY),--churn-only)
+
+kill9: ## 100 host snapshots killed with SIGKILL at random moments: counts of each outcome
+	cd bench && $(PYTHON) kill9.py --kills $(or $(KILLS),100)
 
 agent: ## build dedupx-agent, static, to copy into a guest (target/x86_64-unknown-linux-gnu/release/)
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p dedupx-agent --target x86_64-unknown-linux-gnu

@@ -3,6 +3,7 @@ run as a user runs it, and the kernel's own figures to check dedupx against."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -138,6 +139,33 @@ def rollup(pid: int) -> dict[str, int]:
         if len(parts) == 2 and parts[1] == "kB":
             out[key] = int(parts[0]) * 1024
     return out
+
+
+def small_proc_root(workdir: Path, pids: list[int]) -> Path:
+    """A procfs that shows only ``pids`` (links into /proc): a host snapshot of a few
+    processes, written by the same code, in a fraction of the time."""
+    root = workdir / "proc"
+    root.mkdir()
+    for name in ("kpageflags", "kpagecount", "kpagecgroup", "iomem", "meminfo"):
+        (root / name).symlink_to(f"/proc/{name}")
+    for pid in pids:
+        (root / str(pid)).symlink_to(f"/proc/{pid}")
+    return root
+
+
+def footprint_from_elsewhere(pid: int) -> dict[str, int]:
+    """``dedupx.footprint(dedupx.scan(pid))`` computed in a process that has exited on
+    return: its PSS and USS count pages as if dedupx were not running (docs/metrics.md, "The
+    observer"), and so does a ``smaps_rollup`` read now, with no dedupx mapping them."""
+    code = (
+        "import json, sys, dedupx\n"
+        "fp = dedupx.footprint(dedupx.scan(int(sys.argv[1]))).row(0, named=True)\n"
+        "print(json.dumps(fp))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(pid)], capture_output=True, text=True, check=True
+    )
+    return dict(json.loads(res.stdout))
 
 
 def assert_lru_within_meminfo(view: dedupx.GuestView) -> None:

@@ -24,6 +24,7 @@ import altair as alt
 from dedupx.analysis.density import density, density_summary, instances_of
 from dedupx.exceptions import DedupxError, OutputError
 from dedupx.model.frames import Frames
+from dedupx.model.read_changes import describe
 from dedupx.model.units import MIB, pages_to_mib
 from dedupx.qemu.ram_backing import backing_label
 from dedupx.report.figures import MATRIX_COLUMNS, POLICY_LABELS, figures, to_png, to_svg
@@ -169,7 +170,7 @@ def footprint_section(r: dict[str, Any]) -> str:
     )
     procs = table(
         f"Largest processes by PSS (MiB), {len(r['processes'])} of {r['process_count']:,}",
-        ("pid", "comm", "kind", "RSS", "PSS", "USS", "swap"),
+        ("pid", "comm", "kind", "RSS", "PSS", "USS", "swap", "changed while read"),
         (
             [
                 Num(str(p["pid"])),
@@ -178,12 +179,19 @@ def footprint_section(r: dict[str, Any]) -> str:
                 *num_cells(
                     mib(p[k]) for k in ("rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes")
                 ),
+                describe(p) if p.get("changed") else "",
             ]
             for p in r["processes"]
         ),
         cls="processes",
     )
     total = f"<p>PSS of every process: {mib(r['total_pss_bytes'])} MiB.</p>"
+    changed = r.get("changed_while_read") or []
+    if changed:
+        total += (
+            f"<p class='note'>{len(changed):,} processes changed while read (at least the "
+            "pages and mappings shown): their figures mix two moments.</p>"
+        )
     return f"<h2 id='footprint'>Footprint</h2>{groups}{procs}{total}"
 
 

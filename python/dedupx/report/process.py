@@ -12,6 +12,7 @@ from dedupx.analysis.footprint import footprint
 from dedupx.analysis.guest_backing import guest_backing
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.page_counts import page_counts
+from dedupx.model.read_changes import scan_changes
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.qemu.ram_backing import describe_ram
@@ -79,6 +80,9 @@ def process_report(
         "duplicates_mib": {k: pages_to_mib(dup[k]) for k in (*SAVING_COLUMNS, "ksm_reachable")},
         "top_duplicates": top_duplicates(frames, top).to_dicts(),
         "coverage": frames.provenance.coverage,
+        "changed_while_read": scan_changes(scan.stats),
+        # Pages whose map count dedupx's own mappings raised, counted as if it were absent.
+        "observer_corrected_pfns": int(scan.stats.get("observer_pfns", 0)),
         "guest": guest_summary(scan, guest, gpa_map, gpa_map_error),
         "vmas": scan.vmas.height,
         "threads": scan.stats.get("threads", 0),

@@ -15,6 +15,7 @@ from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.incremental_cost import incremental_cost, uss_breakdown
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.read_changes import CHANGE_COLUMNS, with_change_columns
 from dedupx.model.units import pages_to_mib
 from dedupx.qemu.cmdline import parse_qemu_cmdline
 from dedupx.qemu.ram_backing import describe_ram
@@ -82,13 +83,34 @@ def snapshot_report(
     report["top_duplicates"] = top_duplicates(f, top).to_dicts()
     if f.pages is not None and f.processes is not None:
         fp = footprint(f)
-        procs = f.processes.collect()
+        procs = with_change_columns(f.processes.collect())
         per_proc = (
-            fp.join(procs.select("pid", "comm", "kind"), on="pid", how="left")
+            fp.join(
+                procs.select("pid", "comm", "kind", *CHANGE_COLUMNS, "changed"),
+                on="pid",
+                how="left",
+            )
             .sort("pss_bytes", descending=True)
-            .select("pid", "comm", "kind", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes")
+            .select(
+                "pid",
+                "comm",
+                "kind",
+                "rss_bytes",
+                "pss_bytes",
+                "uss_bytes",
+                "swap_bytes",
+                *CHANGE_COLUMNS,
+                "changed",
+            )
         )
         report["processes"] = per_proc.head(top).to_dicts()
+        # Every process that changed while it was read, not only the largest.
+        report["changed_while_read"] = (
+            procs.filter(pl.col("changed"))
+            .select("pid", "comm", *CHANGE_COLUMNS)
+            .sort("changed_pages", descending=True)
+            .to_dicts()
+        )
         report["process_count"] = procs.height
         report["groups"] = group_footprints(f, fp).to_dicts()
         report["total_pss_bytes"] = int(fp["pss_bytes"].sum())

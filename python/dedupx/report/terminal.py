@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dedupx.model.read_changes import describe
 from dedupx.model.units import MIB, PAGE_SIZE, pages_to_mib
 from dedupx.qemu.ram_backing import backing_label
 
@@ -57,6 +58,12 @@ def render_process_report(r: dict[str, Any], console: Console) -> None:
     ps = r["page_size"]
     cmd = " ".join(r["cmdline"])[:100] or r["comm"]
     console.print(f"[bold]PID {r['pid']}[/bold] ({escape(r['comm'])}): {escape(cmd)}")
+    changes = r.get("changed_while_read") or {}
+    if changes.get("changed"):
+        console.print(
+            f"[yellow]Changed while read: {describe(changes)}; these figures mix the "
+            "process before and after.[/yellow]"
+        )
 
     fp = r["footprint"]
     t = Table(title="Footprint (MiB)", title_justify="left")
@@ -205,6 +212,7 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
             ("RSS", "right"),
             ("PSS", "right"),
             ("USS", "right"),
+            ("changed while read", "left"),
         ):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for p in r["processes"]:
@@ -215,8 +223,15 @@ def render_snapshot_report(r: dict[str, Any], console: Console) -> None:
                 _mib(p["rss_bytes"]),
                 _mib(p["pss_bytes"]),
                 _mib(p["uss_bytes"]),
+                describe(p) if p.get("changed") else "",
             )
         console.print(t)
+        changed = r.get("changed_while_read") or []
+        if changed:
+            console.print(
+                f"[yellow]{len(changed):,} processes changed while read (at least the "
+                "pages and mappings shown): their figures mix two moments.[/yellow]"
+            )
     console.print(
         savings_table(
             r["duplicates"],

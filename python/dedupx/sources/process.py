@@ -22,6 +22,7 @@ from dedupx.exceptions import (
 from dedupx.model.coverage import process_coverage
 from dedupx.model.frames import Frames, Provenance
 from dedupx.model.process_kinds import classify_processes
+from dedupx.model.read_changes import scan_changes
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, gpa_map_from_ept
 from dedupx.qemu.guests import guest_layout
@@ -73,6 +74,12 @@ class ProcessScan:
         cfg = parse_qemu_cmdline(self.cmdline)
         layout = guest_layout(cfg, self.vmas, Path(qmp) if qmp is not None else None)
         return with_backing(gpa_map(self.pid, layout, self.pages), self.vmas)
+
+    @property
+    def changed_while_read(self) -> dict[str, Any]:
+        """How much the process changed while it was read (``changed`` true if at all; see
+        dedupx.model.read_changes): such a scan's figures mix two moments."""
+        return scan_changes(self.stats)
 
     @property
     def frames(self) -> pl.DataFrame:

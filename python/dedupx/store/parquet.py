@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,7 +19,8 @@ import polars as pl
 from dedupx.exceptions import OutputError
 
 FrameSource = pl.DataFrame | Iterable[pl.DataFrame]
-# Inside a temporary directory: the PID of the process writing it.
+# Inside a temporary directory of earlier dedupx versions, whose names did not carry the
+# writer: the PID of the process writing it.
 OWNER = ".owner"
 
 
@@ -32,11 +34,12 @@ def write_frames(
     counts added, into ``target``. ``manifest`` may be a function, called once the frames
     are written (for figures only known then).
 
-    Everything goes into a hidden temporary sibling first (holding an ``.owner`` file with
-    this process's PID), which is renamed into place only when complete and durable: every
-    file and directory is fsynced before the rename, and the parent after it, so neither a
-    kill nor a power loss leaves a directory that looks finished but is not. Files are 0600
-    because they hold hashes of memory and command lines.
+    Everything goes into a hidden temporary sibling first, named for this process (PID and
+    start time, see ``writer_tag``) from the moment it exists, which is renamed into place
+    only when complete and durable: every file and directory is fsynced before the rename,
+    and the parent after it, so neither a kill nor a power loss leaves a directory that
+    looks finished but is not. Files are 0600 because they hold hashes of memory and
+    command lines.
     """
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -44,8 +47,11 @@ def write_frames(
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
-        (tmp / OWNER).write_text(str(os.getpid()))
+        tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{target.name}.{writer_tag(os.getpid())}.", suffix=".partial", dir=parent
+            )
+        )
     except OSError as e:
         raise OutputError(f"cannot create {target}: {e.strerror}") from None
     try:
@@ -70,7 +76,6 @@ def write_frames(
             f.flush()
             os.fsync(f.fileno())
         os.chmod(mpath, 0o600)
-        (tmp / OWNER).unlink()
         _fsync_dir(tmp)
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()  # an empty directory the user made for us
@@ -108,18 +113,52 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def writer_tag(pid: int) -> str:
+    """``w<PID>-<start time>``: who writes a temporary directory, in its name, so that a
+    kill at any moment leaves a directory whose writer is known (a file written into it
+    afterwards would leave a window), and a later process that reuses the PID is not taken
+    for the writer."""
+    return f"w{pid}-{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # The command name may hold spaces and parentheses: count fields after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
+
+
+def _writer_alive(tmp: Path, target_name: str) -> bool | None:
+    """Whether the writer named in a temporary directory's name is still running (None if
+    the name names none)."""
+    middle = tmp.name[len(target_name) + 2 : -len(".partial")]
+    m = re.match(r"w(\d+)-(\d+)\.", middle)
+    if m is None:
+        return None
+    pid, start = int(m[1]), int(m[2])
+    return _alive(pid) and _start_time(pid) == start
+
+
 def remove_stale_partials(target: str | os.PathLike[str]) -> list[Path]:
     """Removes the temporary directories that earlier writes of ``target`` left behind
-    when they were killed: those whose owner process is gone (a write in progress is left
-    alone). Returns what it removed."""
+    when they were killed: those whose writer is gone (a write in progress is left alone).
+    Returns what it removed."""
     target = Path(target)
     removed = []
     for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
-        try:
-            owner = int((tmp / OWNER).read_text())
-        except (OSError, ValueError):
-            owner = 0  # none recorded: just made, or made by a dedupx that did not record one
-        if (owner and _alive(owner)) or (not owner and _younger_than(tmp, 60.0)):
+        alive = _writer_alive(tmp, target.name)
+        if alive is None:
+            # Named before the writer went into the name: its .owner file, if it has one.
+            try:
+                owner = int((tmp / OWNER).read_text())
+            except (OSError, ValueError):
+                owner = 0
+            alive = bool(owner and _alive(owner)) or (not owner and _younger_than(tmp, 60.0))
+        if alive:
             continue
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(tmp)

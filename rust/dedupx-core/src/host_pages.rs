@@ -80,7 +80,8 @@ impl HostScan {
         fresh.sort_unstable();
         fresh.dedup();
         let fresh_flags = kpage.read_flags(&fresh)?;
-        let fresh_counts = kpage.read_counts(&fresh)?;
+        let mut fresh_counts = kpage.read_counts(&fresh)?;
+        self.own.correct(&fresh, &mut fresh_counts);
         let n = entries.len();
         let mut t = PageTable {
             pfn: Vec::with_capacity(n),
@@ -157,6 +158,9 @@ mod tests {
             cgroup: String::new(),
             pid_ns: 0,
             vmas: vec![vma(0, 3), vma(10, 4), vma(100, 25)],
+            fingerprint: Default::default(),
+            vma_present: Vec::new(),
+            changes: Default::default(),
         };
         let w = HostScan::page_windows(&p, 10);
         let pages: Vec<(u64, u64)> = w.iter().map(|&(a, b)| (a / 4096, b / 4096)).collect();

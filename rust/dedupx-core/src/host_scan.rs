@@ -15,6 +15,7 @@ use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
+use crate::observer::OwnPages;
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::page_table::{Contents, NO_HASH};
 use crate::pagemap::{check_pfns_visible, Pagemap};
@@ -23,6 +24,7 @@ use crate::proc_info::{read_proc_info, ProcInfo};
 use crate::process_memory::ProcessPages;
 use crate::process_scan::ScanOptions;
 use crate::read_and_hash::read_and_hash;
+use crate::read_changes::{diff_vmas, read_maps, worth_rechecking, Fingerprint, ReadChanges};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
 
@@ -37,6 +39,11 @@ pub struct HostProcess {
     /// Inode of the process's PID namespace (0 if unknown).
     pub pid_ns: u64,
     pub vmas: Vec<Vma>,
+    /// Its present pages as pass 1 first read them, and how many in each mapping.
+    pub fingerprint: Fingerprint,
+    pub vma_present: Vec<u64>,
+    /// What changed between that reading and the re-check at the end of pass 1.
+    pub changes: ReadChanges,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -51,6 +58,10 @@ pub struct HostStats {
     pub hashed_pfns: u64,
     pub unreadable_pfns: u64,
     pub vanished_pfns: u64,
+    /// Distinct PFNs whose map count was lowered by dedupx's own mappings of them.
+    pub observer_pfns: u64,
+    /// Processes that changed while pass 1 read them (see [`HostProcess::changes`]).
+    pub changed_processes: u64,
     pub threads: usize,
     /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash (with map counts).
     pub stage_ms: StageTimes,
@@ -71,6 +82,8 @@ pub struct HostScan {
     pub contents: Contents,
     /// Per PFN: its content is all zeros.
     pub zero: BitVec,
+    /// The pages dedupx maps itself, whose map counts are lowered (see [`crate::observer`]).
+    pub own: OwnPages,
     /// Unmapped page-cache pages hashed through files (see
     /// [`crate::host_snapshot::add_cached_files`]), sorted by PFN.
     pub file_cache: Vec<(u64, PageHash)>,
@@ -199,7 +212,17 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         &mut contents.hashed,
         &|done| Ok(check(progress, "hash", done, total)?),
     )?;
-    let counts = kpage.read_counts(&pfns)?;
+    let mut counts = kpage.read_counts(&pfns)?;
+    let own = OwnPages::read()?;
+    stats.observer_pfns = own.correct(&pfns, &mut counts);
+    processes
+        .par_iter_mut()
+        .map(|p| {
+            p.changes = recheck(root, p, &pfns)?;
+            Ok(())
+        })
+        .collect::<Result<()>>()?;
+    stats.changed_processes = processes.iter().filter(|p| p.changes.any()).count() as u64;
     stats.distinct_pfns = pfns.len() as u64;
     stats.hashed_pfns = read.hashed + zero_pages;
     stats.vanished_pfns = read.vanished;
@@ -222,6 +245,7 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         counts,
         contents,
         zero,
+        own,
         file_cache: Vec::new(),
         stats,
     })
@@ -261,13 +285,17 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
     let vmas = parse_smaps(&String::from_utf8_lossy(&read("smaps")?), &smaps_path)?;
     let mut cands = Vec::new();
     let mut present = 0u64;
+    let mut fingerprint = Fingerprint::default();
+    let mut vma_present = vec![0u64; vmas.len()];
     if !vmas.is_empty() {
         let pagemap = Pagemap::open(root, pid)?;
-        for vma in vmas.iter().filter(|v| v.in_pagemap()) {
+        for (id, vma) in vmas.iter().enumerate().filter(|(_, v)| v.in_pagemap()) {
             let unreadable = !vma.readable();
             pagemap.for_each_mapped(vma.start, vma.end, |vaddr, e| {
                 if let Some(pfn) = e.pfn() {
                     present += 1;
+                    vma_present[id] += 1;
+                    fingerprint.add(vaddr, pfn);
                     cands.push(Candidate {
                         pfn,
                         unreadable,
@@ -286,10 +314,63 @@ fn collect_process(root: &Path, pid: u32) -> Result<(HostProcess, Vec<Candidate>
             cgroup,
             pid_ns,
             vmas,
+            fingerprint,
+            vma_present,
+            changes: ReadChanges::default(),
         },
         cands,
         present,
     ))
+}
+
+/// Reads a process's maps and pagemap again at the end of pass 1 and says at least how much
+/// differs from its first reading (pass 1 keeps a fingerprint, not every page of every
+/// process: see [`Fingerprint`]).
+fn recheck(root: &Path, p: &HostProcess, pfns: &[u64]) -> Result<ReadChanges> {
+    let pid = p.info.pid;
+    let gone = ReadChanges::gone(p.fingerprint.present, p.vmas.len());
+    let now = match read_maps(root, pid) {
+        Ok(now) => now,
+        Err(ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }) => return Ok(gone),
+        // Read once already; a re-check the kernel refuses now says nothing either way.
+        Err(ScanError::PermissionDenied { .. }) => return Ok(ReadChanges::default()),
+        Err(e) => return Err(e),
+    };
+    let (vmas_appeared, vmas_vanished) = diff_vmas(&p.vmas, &now);
+    let mut fp = Fingerprint::default();
+    let mut fresh = 0u64;
+    if !p.vmas.is_empty() {
+        let read = Pagemap::open(root, pid).and_then(|pagemap| {
+            let rechecked = p
+                .vmas
+                .iter()
+                .zip(&p.vma_present)
+                .filter(|(v, &n)| v.in_pagemap() && worth_rechecking(v, n));
+            for (vma, _) in rechecked {
+                pagemap.for_each_mapped(vma.start, vma.end, |vaddr, e| {
+                    if let Some(pfn) = e.pfn() {
+                        fp.add(vaddr, pfn);
+                        fresh += u64::from(pfns.binary_search(&pfn).is_err());
+                    }
+                })?;
+            }
+            Ok(())
+        });
+        match read {
+            Ok(()) => {}
+            Err(ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }) => {
+                return Ok(gone)
+            }
+            Err(ScanError::PermissionDenied { .. }) => return Ok(ReadChanges::default()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ReadChanges {
+        pages: p.fingerprint.changed_since(&fp, fresh),
+        vmas_appeared,
+        vmas_vanished,
+        exited: false,
+    })
 }
 
 /// Sorts by PFN and keeps one candidate per PFN, preferring a readable mapping.

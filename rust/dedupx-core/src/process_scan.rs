@@ -11,6 +11,7 @@ use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
 use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
 use crate::maps::{parse_smaps, Vma};
+use crate::observer::OwnPages;
 use crate::page_hash::zero_page_hash;
 use crate::page_table::{assemble, Contents, PageTable};
 use crate::pagemap::{check_pfns_visible, Pagemap, PagemapEntry};
@@ -18,6 +19,7 @@ use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
 use crate::process_memory::{ProcessFiles, ProcessPages};
 use crate::read_and_hash::read_and_hash;
+use crate::read_changes::{changed_pages, diff_vmas, read_maps, ReadChanges};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
 
@@ -52,8 +54,13 @@ pub struct ScanStats {
     pub unreadable_pfns: u64,
     /// PFNs that failed to copy or changed mapping while being read.
     pub vanished_pfns: u64,
+    /// Distinct PFNs whose map count was lowered by dedupx's own mappings of them
+    /// (see [`crate::observer`]).
+    pub observer_pfns: u64,
+    /// What changed in the process between the first reading and the re-check after the last.
+    pub changes: ReadChanges,
     pub threads: usize,
-    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, assemble.
+    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, recheck, assemble.
     pub stage_ms: StageTimes,
 }
 
@@ -145,8 +152,14 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         stats.vanished_pfns = read.vanished;
     }
     clock.lap("hash");
-    let counts = kpage.read_counts(&uniq)?;
+    let mut counts = kpage.read_counts(&uniq)?;
+    // Counted as if dedupx were not running, unless dedupx is what is scanned.
+    if pid != std::process::id() {
+        stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
+    }
     drop(uniq);
+    stats.changes = recheck(root, pid, &pagemap, &vmas, (&vma_id, &vaddr, &entries))?;
+    clock.lap("recheck");
     let pages = assemble(vma_id, vaddr, entries, uidx, flags, counts, contents);
     clock.lap("assemble");
     stats.stage_ms = clock.finish();
@@ -155,6 +168,43 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         vmas,
         pages,
         stats,
+    })
+}
+
+/// Reads the process's maps and pagemap again, once everything else is read, and says how
+/// much differs from the first reading (`first`): a scan of a process that changed meanwhile
+/// is flagged, not silently mixed from two moments.
+fn recheck(
+    root: &Path,
+    pid: u32,
+    pagemap: &Pagemap,
+    vmas: &[Vma],
+    first: (&[u32], &[u64], &[PagemapEntry]),
+) -> Result<ReadChanges> {
+    let (vma_id, vaddr, entries) = first;
+    let present = entries.iter().filter(|e| e.present()).count() as u64;
+    let gone = |e: &ScanError| {
+        matches!(
+            e,
+            ScanError::ProcessGone { .. } | ScanError::NoSuchProcess { .. }
+        )
+    };
+    let now = match read_maps(root, pid) {
+        Ok(now) => now,
+        Err(e) if gone(&e) => return Ok(ReadChanges::gone(present, vmas.len())),
+        Err(e) => return Err(e),
+    };
+    let (vmas_appeared, vmas_vanished) = diff_vmas(vmas, &now);
+    let pages = match changed_pages(pagemap, vmas, vma_id, vaddr, entries) {
+        Ok(n) => n,
+        Err(e) if gone(&e) => return Ok(ReadChanges::gone(present, vmas.len())),
+        Err(e) => return Err(e),
+    };
+    Ok(ReadChanges {
+        pages,
+        vmas_appeared,
+        vmas_vanished,
+        exited: false,
     })
 }
 

@@ -46,6 +46,11 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     stats.set_item("hashed_pfns", s.hashed_pfns)?;
     stats.set_item("unreadable_pfns", s.unreadable_pfns)?;
     stats.set_item("vanished_pfns", s.vanished_pfns)?;
+    stats.set_item("observer_pfns", s.observer_pfns)?;
+    stats.set_item("changed_pages", s.changes.pages)?;
+    stats.set_item("vmas_appeared", s.changes.vmas_appeared)?;
+    stats.set_item("vmas_vanished", s.changes.vmas_vanished)?;
+    stats.set_item("exited_during_scan", s.changes.exited)?;
     stats.set_item("threads", s.threads)?;
     stats.set_item("stage_ms", stage_ms(py, &s.stage_ms)?)?;
     out.set_item("stats", stats)?;

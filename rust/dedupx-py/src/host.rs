@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt32Array, UInt64Array};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
@@ -93,6 +93,8 @@ impl HostSnapshot {
         d.set_item("hashed_pfns", s.hashed_pfns)?;
         d.set_item("unreadable_pfns", s.unreadable_pfns)?;
         d.set_item("vanished_pfns", s.vanished_pfns)?;
+        d.set_item("changed_processes", s.changed_processes)?;
+        d.set_item("observer_pfns", s.observer_pfns)?;
         d.set_item("threads", s.threads)?;
         d.set_item("stage_ms", stage_ms(py, &s.stage_ms)?)?;
         d.set_item(
@@ -157,6 +159,31 @@ impl HostSnapshot {
                 "vmas",
                 Arc::new(UInt64Array::from_iter_values(
                     ps.iter().map(|p| p.vmas.len() as u64),
+                )),
+            ),
+            // What changed while it was read (dedupx_core::read_changes).
+            (
+                "changed_pages",
+                Arc::new(UInt64Array::from_iter_values(
+                    ps.iter().map(|p| p.changes.pages),
+                )),
+            ),
+            (
+                "vmas_appeared",
+                Arc::new(UInt64Array::from_iter_values(
+                    ps.iter().map(|p| p.changes.vmas_appeared),
+                )),
+            ),
+            (
+                "vmas_vanished",
+                Arc::new(UInt64Array::from_iter_values(
+                    ps.iter().map(|p| p.changes.vmas_vanished),
+                )),
+            ),
+            (
+                "exited_during_scan",
+                Arc::new(BooleanArray::from_iter(
+                    ps.iter().map(|p| Some(p.changes.exited)),
                 )),
             ),
         ];
