@@ -120,6 +120,16 @@ def run_cli(
     )
 
 
+def snapshot_elsewhere(path: Path) -> Path:
+    """A host snapshot taken by a dedupx process that has exited by the time the caller
+    reads smaps_rollup: dedupx counts pages as if it were not running (the observer
+    correction), so the oracle must not have it running either. This process, which maps
+    the same libraries, is then just another process in the snapshot."""
+    res = run_cli("snapshot", "-o", str(path), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return path
+
+
 def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
     assert res.returncode == code, (res.returncode, res.stderr)
     assert "Traceback" not in res.stderr

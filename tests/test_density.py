@@ -25,6 +25,7 @@ from helpers import (
     read,
     rollup,
     run_cli,
+    snapshot_elsewhere,
     start_layout,
     stop,
     sysfs,
@@ -75,7 +76,7 @@ def test_processes_without_merging(
         return [lp.pid for lp in layouts]
 
     pids = grow(2)
-    snap_dir = dedupx.snapshot(tmp_path / "snap2")
+    snap_dir = snapshot_elsewhere(tmp_path / "snap2")
     measured = {2: measured_avg_pss(pids)}
     for n in (4, 8):
         measured[n] = measured_avg_pss(grow(n))
@@ -156,7 +157,7 @@ def test_containers(tmp_path: Path) -> None:
 
         measured = {1: avg_pss(grow(1))}
         two = grow(2)
-        snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap2"))
+        snap = dedupx.open_snapshot(snapshot_elsewhere(tmp_path / "snap2"))
         measured[2] = avg_pss(two)
         for n in (4, 8):
             measured[n] = avg_pss(grow(n))
