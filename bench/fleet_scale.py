@@ -9,6 +9,7 @@ usage: python bench/fleet_scale.py SNAPSHOT_DIR [--hosts 100 1000] [--vms 10] [-
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -28,6 +29,13 @@ from fleet_kit import by_host, remix
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_peak() -> tuple[int, float]:
+    """(pid, peak RSS in MiB) of the process this runs in: VmHWM, its own high-water mark."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return os.getpid(), kb / 1024
 
 
 def main() -> None:
@@ -61,13 +69,14 @@ def main() -> None:
             t2 = time.perf_counter()
             res = fleet_on_dask(paths, client=client)
             t3 = time.perf_counter()
-            workers = client.run(peak_rss_mib)
+            workers = {pid: mib for pid, mib in client.run(worker_peak).values()}
         same = res.matrix.equals(one)
         print(
             f"{hosts:,} hosts, {hosts * args.vms:,} VMs, {fleet.height:,} rows, "
             f"{one.height:,} pairs: polars {t1 - t0:.1f} s ({fleet.height / (t1 - t0):,.0f} "
             f"rows/s), Dask {t3 - t2:.1f} s ({fleet.height / (t3 - t2):,.0f} rows/s); equal: "
-            f"{same}; peak per worker {max(workers.values()):,.0f} MiB; this process "
+            f"{same}; peak per worker {max(workers.values()):,.0f} MiB ({len(workers)} "
+            f"worker processes, not this one: {os.getpid() not in workers}); this process "
             f"{peak_rss_mib():,.0f} MiB"
         )
     client.close()
