@@ -41,13 +41,16 @@ def _instances(loaded: Loaded) -> pl.DataFrame | None:
 
 
 def _split(loaded: Loaded, index: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
-    """This input's rows with their instance index, one frame per hash bucket."""
+    """This input's rows with their instance index, one frame per hash bucket (by the
+    hash's first byte), in one pass."""
     assert loaded.rows is not None
+    first_byte = pl.col("hash").bin.slice(0, 1).bin.reinterpret(dtype=pl.UInt8)
     rows = loaded.rows.join(index.select("instance", "idx"), on="instance").select(
-        "hash", "idx", "class", (pl.col("hash").bin.slice(0, 1).bin.encode("hex")).alias("b")
+        "hash", "idx", "class", (first_byte.cast(pl.UInt32) % buckets).alias("b")
     )
-    key = rows["b"].str.to_integer(base=16) % buckets
-    return [rows.filter(key == k).drop("b") for k in range(buckets)]
+    parts = rows.partition_by("b", as_dict=True, include_key=False)
+    empty = rows.clear().drop("b")
+    return [parts.get((k,), empty) for k in range(buckets)]
 
 
 def _bucket_pairs(instances: int, *pieces: pl.DataFrame) -> pl.DataFrame:
