@@ -6,7 +6,10 @@ how they were made, and equal (for the exact computation) to what dedupx must fi
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import shutil
+from pathlib import Path
 
 import polars as pl
 
@@ -108,3 +111,22 @@ def planted(
         [pl.col(k).cast(t) for k, t in SCHEMA.items()]
     )
     return out, hosts * group_contents * (per_host - 1)
+
+
+def as_format_1(snap: Path, out: Path, hostname: str) -> Path:
+    """A copy of a snapshot as format 1 wrote it: coverage counted against
+    ``pages_of_ram``, each command line one string joined with spaces; from ``hostname``."""
+    shutil.copytree(snap, out)
+    m = json.loads((out / "manifest.json").read_text())
+    cov = m["coverage"]
+    m["coverage"] = {
+        "source": m["source"],
+        "pages_hashed": cov["pages_hashed"],
+        "pages_of_ram": cov["pages_in_scope"],
+        "not_covered": cov["not_covered"],
+    }
+    m["format_version"], m["hostname"] = 1, hostname
+    procs = out / m["files"]["processes"]
+    pl.read_parquet(procs).with_columns(pl.col("cmdline").list.join(" ")).write_parquet(procs)
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out

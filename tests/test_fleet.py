@@ -4,6 +4,7 @@ same computation on one node, with sampled fingerprints within the error they st
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,7 +18,7 @@ from dedupx.analysis.fingerprint import fingerprint, in_sample
 from dedupx.analysis.fleet_matrix import fleet_matrix
 from dedupx.analysis.placement import place
 from dedupx.fleet.cluster import client_for, fleet_on_dask
-from fleet_kit import by_host, planted, remix
+from fleet_kit import as_format_1, by_host, planted, remix
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import assert_one_line_error, run_cli
 
@@ -88,6 +89,35 @@ def test_dask_equals_one_node(fleet: pl.DataFrame, tmp_path: Path) -> None:
     one = fleet_matrix(fleet)
     assert one.height == 36 * 35 // 2  # every pair shares the kernel's pages at least
     assert_frame_equal(result.matrix, one)
+
+
+
+def test_mixed_and_damaged_snapshots(guests_snapshot: tuple[Path, list[int]], tmp_path: Path) -> None:
+    """Snapshot directories among the inputs: one of today's format, one of format 1, one
+    whose frames file is damaged and one from a newer dedupx. The two readable ones give the
+    matrix polars gives on one node; the others are named with why, and cost only
+    themselves."""
+    snap = guests_snapshot[0]
+    old = as_format_1(snap, tmp_path / "old", hostname="oldhost")
+    damaged = shutil.copytree(snap, tmp_path / "damaged")
+    frames = damaged / json.loads((damaged / "manifest.json").read_text())["files"]["frames"]
+    target = frames if frames.is_file() else sorted(frames.rglob("*.parquet"))[0]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    newer = shutil.copytree(snap, tmp_path / "newer")
+    m = json.loads((newer / "manifest.json").read_text())
+    m["format_version"] = 99
+    (newer / "manifest.json").write_text(json.dumps(m))
+    paths = [str(p) for p in (snap, old, damaged, newer)]
+    with client_for(None, workers=2, timeout=10) as client:
+        result = fleet_on_dask(paths, client=client)
+    assert len(result.errors) == 2, result.errors
+    assert str(damaged) in result.errors[0] and str(newer) in result.errors[1]
+    assert "format 99" in result.errors[1]
+    opened = dedupx.open_snapshot(snap)
+    both = pl.concat([fingerprint(opened), fingerprint(opened, host="oldhost")])
+    assert_frame_equal(result.matrix, fleet_matrix(both))
+    # The format 1 copy is the same capture: each guest shares all it holds with its twin.
+    assert {"oldhost/vm:f0", "oldhost/vm:f1"} <= set(result.instances["instance"])
 
 
 def test_samples_are_within_their_stated_error(fleet: pl.DataFrame) -> None:

@@ -17,7 +17,12 @@ Two steps:
    and where no move gains (full hosts), swap two VMs of different hosts, while any change
    gains; the result never saves less than either start. The greedy step packs VMs by all
    they share, so contents every VM holds (the same image) drown out smaller groups that
-   share more among themselves; the swaps find those.
+   share more among themselves; the swaps find those. The swap search is pruned by a bound,
+   not narrowed: a swap of v (host A) and w (host B) gains v's move gain to B plus w's
+   move gain to A, less, per content both hold, one for each of A and B where it is held
+   once. So the two move gains bound the swap's, and only swaps whose bound beats the best
+   found so far are evaluated, in order of bound (``bench/placement_scale.py`` measures
+   the pruned search against the full one).
 
 Only contents held by two VMs or more matter; the others cost the same anywhere.
 """
@@ -112,28 +117,37 @@ def greedy(p: Placement) -> np.ndarray:
     return where
 
 
-def local_search(p: Placement, start: np.ndarray, max_rounds: int = 50) -> np.ndarray:
+def local_search(
+    p: Placement, start: np.ndarray, max_rounds: int = 50, prune: bool = True
+) -> np.ndarray:
     """Improves ``start`` while a single VM move, or else a swap of two VMs on different
-    hosts (the only change left when hosts are full), saves more pages and fits."""
+    hosts (the only change left when hosts are full), saves more pages and fits. ``prune``
+    bounds the swap search (the same gains, far fewer evaluations)."""
     where = start.copy()
     counts = np.stack([p._counts(where, h) for h in range(len(p.hosts))])
     used = np.bincount(where, weights=p.ram, minlength=len(p.hosts)).astype(np.float64)
     for _ in range(max_rounds):
-        if not (_moves(p, where, counts, used) or _swaps(p, where, counts, used)):
+        if not (_moves(p, where, counts, used) or _swaps(p, where, counts, used, prune)):
             break
     return where
+
+
+def _move_gain(p: Placement, v: int, where: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per host, the pages saved more if VM ``v`` alone moved there (its own host: 0)."""
+    c = p.contents[v]
+    gain = (counts[:, c] > 0).sum(axis=1) - int((counts[where[v], c] > 1).sum())
+    gain[where[v]] = 0
+    return gain
 
 
 def _moves(p: Placement, where: np.ndarray, counts: np.ndarray, used: np.ndarray) -> bool:
     """One pass of single-VM moves, each to the host with room where it gains most."""
     moved = False
     for v in range(len(p.vms)):
-        c, a = p.contents[v], where[v]
-        loss = int((counts[a, c] > 1).sum())
-        room = np.flatnonzero((used + p.ram[v] <= p.capacity) & (np.arange(len(used)) != a))
+        room = np.flatnonzero((used + p.ram[v] <= p.capacity) & (np.arange(len(used)) != where[v]))
         if room.size == 0:
             continue
-        gain = (counts[room][:, c] > 0).sum(axis=1) - loss
+        gain = _move_gain(p, v, where, counts)[room]
         best = int(np.argmax(gain))
         if gain[best] > 0:
             _move(p, v, room[best], where, counts, used)
@@ -141,21 +155,32 @@ def _moves(p: Placement, where: np.ndarray, counts: np.ndarray, used: np.ndarray
     return moved
 
 
-def _swaps(p: Placement, where: np.ndarray, counts: np.ndarray, used: np.ndarray) -> bool:
+def _swaps(
+    p: Placement, where: np.ndarray, counts: np.ndarray, used: np.ndarray, prune: bool
+) -> bool:
     """One pass of swaps: for each VM, the exchange with a VM on another host that gains
-    most, if any gains and both fit."""
+    most, if any gains and both fit. With ``prune``, a partner is evaluated only while its
+    bound (the two move gains) beats the best swap found."""
+    n = len(p.vms)
+    gains = np.stack([_move_gain(p, v, where, counts) for v in range(n)]) if prune else None
     swapped = False
-    for v in range(len(p.vms)):
+    for v in range(n):
         a = where[v]
+        ws = np.flatnonzero(where != a)
+        b = where[ws]
+        fit = (used[a] - p.ram[v] + p.ram[ws] <= p.capacity[a]) & (
+            used[b] - p.ram[ws] + p.ram[v] <= p.capacity[b]
+        )
+        ws = ws[fit]
+        if gains is not None:
+            bound = gains[v, where[ws]] + gains[ws, a]
+            order = np.argsort(-bound, kind="stable")
+            ws, bound = ws[order], bound[order]
         best, best_w = 0, -1
-        for w in np.flatnonzero(where != a):
-            b = where[w]
-            if (
-                used[a] - p.ram[v] + p.ram[w] > p.capacity[a]
-                or used[b] - p.ram[w] + p.ram[v] > p.capacity[b]
-            ):
-                continue
-            gain = _swap_gain(p.contents[v], p.contents[w], counts[a], counts[b])
+        for i, w in enumerate(ws):
+            if gains is not None and bound[i] <= best:
+                break  # sorted: no later partner can beat the best
+            gain = _swap_gain(p.contents[v], p.contents[w], counts[a], counts[where[w]])
             if gain > best:
                 best, best_w = gain, int(w)
         if best_w >= 0:
@@ -163,7 +188,20 @@ def _swaps(p: Placement, where: np.ndarray, counts: np.ndarray, used: np.ndarray
             _move(p, v, b, where, counts, used)
             _move(p, best_w, a, where, counts, used)
             swapped = True
+            if gains is not None:  # hosts a and b changed: their columns, their VMs' rows
+                for u in range(n):
+                    if where[u] in (a, b):
+                        gains[u] = _move_gain(p, u, where, counts)
+                    else:
+                        gains[u, [a, b]] = _move_gain_to(p, u, where, counts, [a, b])
     return swapped
+
+
+def _move_gain_to(
+    p: Placement, v: int, where: np.ndarray, counts: np.ndarray, hosts: list[int]
+) -> np.ndarray:
+    c = p.contents[v]
+    return (counts[hosts][:, c] > 0).sum(axis=1) - int((counts[where[v], c] > 1).sum())
 
 
 def _swap_gain(cv: np.ndarray, cw: np.ndarray, on_a: np.ndarray, on_b: np.ndarray) -> int:
@@ -192,7 +230,9 @@ def _move(
     where[v] = b
 
 
-def place(fingerprints: pl.DataFrame, capacity: dict[str, int] | None = None) -> dict[str, Any]:
+def place(
+    fingerprints: pl.DataFrame, capacity: dict[str, int] | None = None, prune: bool = True
+) -> dict[str, Any]:
     """Current and proposed placement of a fleet's VMs: pages saved by merging within each
     host under each (``current``, ``greedy`` for Memory Buddies' heuristic, ``proposed``),
     the ``moves`` (VM, from, to), ``vms_moved`` and ``hosts_freed`` (hosts that held VMs and
@@ -201,7 +241,7 @@ def place(fingerprints: pl.DataFrame, capacity: dict[str, int] | None = None) ->
     current = p.current
     mb = greedy(p)
     start = mb if p.savings(mb) >= p.savings(current) else current
-    best = local_search(p, start)
+    best = local_search(p, start, prune=prune)
     moves = [
         {"vm": p.vms[v], "from": p.hosts[current[v]], "to": p.hosts[best[v]]}
         for v in np.flatnonzero(best != current)
