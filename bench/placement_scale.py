@@ -50,7 +50,9 @@ def main() -> None:
     ap.add_argument("--per-host", type=int, default=4)
     ap.add_argument("--contents", type=int, default=2000)
     ap.add_argument("--group-contents", type=int, default=300)
-    ap.add_argument("--full-up-to", type=int, default=32, help="run the full search up to this many hosts")
+    ap.add_argument(
+        "--full-up-to", type=int, default=32, help="run the full search up to this many hosts"
+    )
     a = ap.parse_args()
     t = template(a.contents)
     print(

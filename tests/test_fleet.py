@@ -91,8 +91,9 @@ def test_dask_equals_one_node(fleet: pl.DataFrame, tmp_path: Path) -> None:
     assert_frame_equal(result.matrix, one)
 
 
-
-def test_mixed_and_damaged_snapshots(guests_snapshot: tuple[Path, list[int]], tmp_path: Path) -> None:
+def test_mixed_and_damaged_snapshots(
+    guests_snapshot: tuple[Path, list[int]], tmp_path: Path
+) -> None:
     """Snapshot directories among the inputs: one of today's format, one of format 1, one
     whose frames file is damaged and one from a newer dedupx. The two readable ones give the
     matrix polars gives on one node; the others are named with why, and cost only
