@@ -29,9 +29,10 @@ def test_json_report_matches_api(layout: LayoutProcess) -> None:
     assert set(report["duplicates"]) >= {"anon_anon", "file_file", "anon_file", "total"}
     cov = report["coverage"]
     assert cov["pages_hashed"] == cov["pages_in_scope"] > 0
-    assert cov["scope"] == "distinct present frames" and cov["not_covered"] == {
+    assert cov["scope"] == "distinct present frames and swap slots" and cov["not_covered"] == {
         "unreadable": 0,
         "vanished": 0,
+        "swapped": 0,
     }
     assert report["page_classes"]["zero_page"] == 3
 

@@ -21,7 +21,7 @@ from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.analysis.huge_pages import dropped_copies
 from dedupx.exceptions import NotAGuest, ProcessNotFound, UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
-from dedupx.model.page_classes import is_thp
+from dedupx.model.page_classes import holds_frame, is_thp
 from dedupx.model.units import MIB, PAGE_SIZE
 
 COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
@@ -36,7 +36,7 @@ def scoped_frames(f: Frames, pids: Collection[int], peer: str = "vm") -> pl.Lazy
     kinds = f.processes.select("pid", "kind")
     target = pl.col("pid").is_in(list(pids))
     owners = (
-        f.pages.filter(pl.col("present"))
+        f.pages.filter(holds_frame())
         .select("pid", "pfn")
         .join(kinds, on="pid", how="left")
         .group_by("pfn")

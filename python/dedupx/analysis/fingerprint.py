@@ -26,6 +26,7 @@ import polars as pl
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import UsageError
 from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import holds_frame
 from dedupx.model.process_kinds import cgroup_leaf
 from dedupx.model.units import PAGE_SIZE
 from dedupx.qemu.cmdline import parse_qemu_cmdline
@@ -122,7 +123,7 @@ def fingerprint(
         )
     )
     held = (
-        f.pages.filter(pl.col("present"))
+        f.pages.filter(holds_frame())
         .join(inst.lazy().select("pid", "instance"), on="pid")
         .select("instance", "pfn")
         .unique()

@@ -14,7 +14,15 @@ import polars as pl
 from dedupx.exceptions import MissingFrames
 from dedupx.model.backing import DEFAULT_HUGE_PAGE, ksm_barrier, vma_backing, vma_page_size
 from dedupx.model.frames import Frames
-from dedupx.model.page_classes import is_anon, is_hugetlb, is_ksm_eligible, is_shmem, is_zero_page
+from dedupx.model.page_classes import (
+    holds_frame,
+    is_anon,
+    is_hugetlb,
+    is_ksm_eligible,
+    is_shmem,
+    is_swap_slot,
+    is_zero_page,
+)
 from dedupx.model.units import PAGE_SIZE
 from dedupx.qemu.ram_backing import guest_ram_vmas
 
@@ -107,7 +115,7 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
     was taken carries no hash: it says nothing about the frame.)"""
     if f.pages is None:
         raise MissingFrames("mapped_by needs pages")
-    pages = f.pages.filter(pl.col("present") & pl.col("hash").is_not_null() & ~is_zero_page())
+    pages = f.pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
     if f.vmas is not None:
         schema = f.vmas.collect_schema().names()
         vmas = f.vmas.select(
@@ -137,7 +145,10 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
             pl.lit(None, dtype=pl.Boolean).alias("guest_ram"),
         )
     return pages.group_by("pfn").agg(
-        is_ksm_eligible(pl.col("mergeable").fill_null(False)).any().alias("ksm_eligible"),
+        # KSM scans pages in memory only: a swapped-out page is merged once back, not now.
+        (is_ksm_eligible(pl.col("mergeable").fill_null(False)) & ~is_swap_slot())
+        .any()
+        .alias("ksm_eligible"),
         pl.col("path").replace("", "[anon]").unique().alias("paths"),
         pl.col("kind").unique().alias("kinds"),
         pl.col("guest_ram").fill_null(False).any().alias("guest_ram"),

@@ -18,7 +18,7 @@ import polars as pl
 
 from dedupx.model.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
 
-SCOPE_PROCESS = "distinct present frames"
+SCOPE_PROCESS = "distinct present frames and swap slots"
 SCOPE_HOST = "pages of RAM"
 SCOPE_IMAGE = "pages of the image"
 
@@ -37,18 +37,23 @@ def coverage(
 
 
 def process_coverage(stats: dict[str, Any]) -> dict[str, Any]:
-    """A process scan's coverage from the core's counters: distinct present frames, those
-    hashed, and the rest as unreadable (no mapping can be copied: I/O, PFN maps) or
-    vanished (failed to copy or changed mapping while being read)."""
+    """A process scan's coverage from the core's counters: distinct present frames and the
+    swap slots of swapped pages, those hashed, and the rest as unreadable (no mapping can
+    be copied: I/O, PFN maps), vanished (failed to copy or changed mapping while being
+    read) or swapped (a slot its swap area could not give: zswap, an unreadable area)."""
+    slots, swap_hashed = int(stats.get("swap_slots", 0)), int(stats.get("swap_hashed", 0))
+    not_covered = {
+        "unreadable": int(stats.get("unreadable_pfns", 0)),
+        "vanished": int(stats.get("vanished_pfns", 0)),
+        "swapped": slots - swap_hashed,
+    }
+    source = "process_vm_readv" + (" + swap area" if swap_hashed else "")
     return coverage(
-        "process_vm_readv",
+        source,
         SCOPE_PROCESS,
-        int(stats.get("distinct_pfns", 0)),
-        int(stats.get("hashed_pfns", 0)),
-        {
-            "unreadable": int(stats.get("unreadable_pfns", 0)),
-            "vanished": int(stats.get("vanished_pfns", 0)),
-        },
+        int(stats.get("distinct_pfns", 0)) + slots,
+        int(stats.get("hashed_pfns", 0)) + swap_hashed,
+        not_covered,
     )
 
 

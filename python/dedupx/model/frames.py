@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import polars as pl
 
 from dedupx.exceptions import MissingFrames
+from dedupx.model.page_classes import holds_frame
 
 FrameLike = pl.DataFrame | pl.LazyFrame
 
@@ -72,7 +73,7 @@ class Frames:
         self.require("restrict", "pages")
         assert self.pages is not None
         kept = self.pages.filter(pages)
-        pfns = kept.filter(pl.col("present")).select("pfn").unique()
+        pfns = kept.filter(holds_frame()).select("pfn").unique()
         return dataclasses.replace(
             self, pages=kept, frames=self.frames.join(pfns, on="pfn", how="semi")
         )

@@ -54,6 +54,23 @@ def is_mapped_file(column: str = FLAGS) -> pl.Expr:
     return ~flag(KPF_ANON, column) & ~is_shmem(column)
 
 
+# A swap slot's frame: its key in the ``pfn`` column sits above every real PFN.
+SWAP_FRAME = 1 << 63
+
+
+def is_swap_slot(pfn: str = "pfn") -> pl.Expr:
+    """A frame that is a swap slot (a swapped-out page read from its swap area), not RAM."""
+    return pl.col(pfn) >= SWAP_FRAME
+
+
+def holds_frame() -> pl.Expr:
+    """A page (row of ``pages``) that holds a frame with a content: present, or swapped
+    out to a slot the scan resolved. The content views (duplicates, the dedup matrix,
+    fingerprints) count these; the cost views (footprint, density, incremental cost)
+    count present pages only, as swapped pages take no RAM."""
+    return pl.col("present") | (pl.col("swapped") & pl.col("pfn").is_not_null())
+
+
 def is_ksm_eligible(mergeable: pl.Expr, column: str = FLAGS) -> pl.Expr:
     """KSM-eligible: private anon in a MADV_MERGEABLE VMA (``mergeable``)."""
     return is_private_anon(column) & mergeable
@@ -101,7 +118,9 @@ def is_cold(column: str = FLAGS) -> pl.Expr:
 
 
 __all__ = [
+    "SWAP_FRAME",
     "guest_class",
+    "holds_frame",
     "is_anon",
     "is_cold",
     "is_hugetlb",
@@ -110,6 +129,7 @@ __all__ = [
     "is_mapped_file",
     "is_private_anon",
     "is_shmem",
+    "is_swap_slot",
     "is_thp",
     "is_zero_page",
 ]

@@ -21,6 +21,7 @@ from dedupx.exceptions import (
 )
 from dedupx.model.coverage import process_coverage
 from dedupx.model.frames import Frames, Provenance
+from dedupx.model.page_classes import holds_frame
 from dedupx.model.process_kinds import classify_processes
 from dedupx.model.read_changes import scan_changes
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
@@ -132,9 +133,10 @@ class ProcessScan:
 
 
 def frames_of(pages: pl.DataFrame) -> pl.DataFrame:
-    """Distinct PFNs of a pages frame with their flags, mapcount, hash and zero flag."""
+    """Distinct frames of a pages frame (PFNs, and the swap slots of swapped pages) with
+    their flags, mapcount, hash and zero flag."""
     return (
-        pages.filter(pl.col("present"))
+        pages.filter(holds_frame())
         .group_by("pfn")
         .agg(pl.col("hash", "kpageflags", "mapcount", "zero").first())
         .sort("pfn")

@@ -92,6 +92,7 @@ impl HostScan {
         };
         for (row, e) in entries.iter().enumerate() {
             t.present.push(e.present());
+            t.frame.push(e.present());
             t.swapped.push(e.swapped());
             t.file_shared.push(e.file_shared());
             t.exclusive.push(e.exclusive());

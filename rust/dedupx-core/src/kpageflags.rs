@@ -11,6 +11,7 @@ use crate::error::{Result, ScanError};
 // Bit numbers from include/uapi/linux/kernel-page-flags.h. The core tests only these (the
 // zero page is never read; see `pin_would_unshare`); the analyses decode the rest in Python.
 pub const KPF_ANON: u32 = 12;
+pub const KPF_SWAPBACKED: u32 = 14;
 pub const KPF_KSM: u32 = 21;
 pub const KPF_ZERO_PAGE: u32 = 24;
 

@@ -33,6 +33,7 @@ pub mod read_changes;
 pub mod read_plan;
 pub mod segments;
 pub mod stages;
+pub mod swap_area;
 
 pub use error::{Result, ScanError};
 pub use page_table::PageTable;

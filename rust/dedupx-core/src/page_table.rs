@@ -8,7 +8,8 @@ use crate::pagemap::PagemapEntry;
 pub const NO_HASH: u32 = u32::MAX;
 
 /// One row per mapped virtual page that is present or swapped.
-/// `pfn`, `kpageflags` and `mapcount` mean something only where `present`.
+/// `pfn`, `kpageflags` and `mapcount` mean something only where `frame`: a present page's
+/// PFN, or a swapped page's swap slot (`swap_area::slot_key`) where the scan resolved it.
 /// A page's hash is `hashes[hash_slot]`: pages that share a PFN share a slot, so each
 /// distinct hash is stored once.
 #[derive(Debug, Default)]
@@ -17,6 +18,8 @@ pub struct PageTable {
     pub vaddr: Vec<u64>,
     pub pfn: Vec<u64>,
     pub present: BitVec,
+    /// The page has a frame: present, or swapped to a known slot.
+    pub frame: BitVec,
     pub swapped: BitVec,
     pub file_shared: BitVec,
     pub exclusive: BitVec,
@@ -54,6 +57,15 @@ impl Contents {
     }
 }
 
+/// Per distinct frame (present PFNs in sorted order, then swap slots): flags, map count,
+/// content, and the swap slots' keys (`swap_area::slot_key`).
+pub struct FrameColumns {
+    pub flags: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub contents: Contents,
+    pub swap_keys: Vec<u64>,
+}
+
 /// Builds the table column by column, dropping each input as soon as it is used up, so
 /// that the peak stays near the size of the result.
 pub fn assemble(
@@ -61,22 +73,36 @@ pub fn assemble(
     vaddr: Vec<u64>,
     entries: Vec<PagemapEntry>,
     mut uidx: Vec<u32>,
-    flags: Vec<u64>,
-    counts: Vec<u64>,
-    contents: Contents,
+    frames: FrameColumns,
 ) -> PageTable {
+    let FrameColumns {
+        flags,
+        counts,
+        contents,
+        swap_keys,
+    } = frames;
     let n = entries.len();
+    // Frames past the present PFNs are swap slots, in the order of `swap_keys`.
+    let present_frames = flags.len() - swap_keys.len();
+    let mut frame = BitVec::with_capacity(n);
     let mut present = BitVec::with_capacity(n);
     let mut swapped = BitVec::with_capacity(n);
     let mut file_shared = BitVec::with_capacity(n);
     let mut exclusive = BitVec::with_capacity(n);
     let mut pfn = Vec::with_capacity(n);
-    for e in &entries {
+    for (e, &u) in entries.iter().zip(&uidx) {
         present.push(e.present());
         swapped.push(e.swapped());
         file_shared.push(e.file_shared());
         exclusive.push(e.exclusive());
-        pfn.push(e.pfn().unwrap_or(0));
+        frame.push(u != NO_HASH);
+        let slot = (u as usize)
+            .checked_sub(present_frames)
+            .filter(|_| u != NO_HASH);
+        pfn.push(match slot {
+            Some(j) => swap_keys[j],
+            None => e.pfn().unwrap_or(0),
+        });
     }
     drop(entries);
     let per_pfn = |values: Vec<u64>| -> Vec<u64> {
@@ -102,6 +128,7 @@ pub fn assemble(
         vaddr,
         pfn,
         present,
+        frame,
         swapped,
         file_shared,
         exclusive,

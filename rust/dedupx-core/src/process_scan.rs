@@ -9,11 +9,13 @@ use rayon::prelude::*;
 
 use crate::bitmap::BitVec;
 use crate::error::{Result, ScanError};
-use crate::kpageflags::{self, pin_would_unshare, KpageFiles, KPF_ZERO_PAGE};
+use crate::kpageflags::{
+    self, pin_would_unshare, KpageFiles, KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE,
+};
 use crate::maps::{parse_smaps, Vma};
 use crate::observer::OwnPages;
 use crate::page_hash::zero_page_hash;
-use crate::page_table::{assemble, Contents, PageTable};
+use crate::page_table::{assemble, Contents, FrameColumns, PageTable};
 use crate::pagemap::{check_pfns_visible, Pagemap, PagemapEntry};
 use crate::parallel::in_pool;
 use crate::proc_info::{read_proc_info, ProcInfo};
@@ -22,6 +24,7 @@ use crate::read_and_hash::read_and_hash;
 use crate::read_changes::{changed_pages, diff_vmas, read_maps, ReadChanges};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
+use crate::swap_area::{key_slot, slot_key, SwapAreas};
 
 #[derive(Debug, Clone)]
 pub struct ScanOptions {
@@ -31,6 +34,8 @@ pub struct ScanOptions {
     pub threads: usize,
     /// Read and hash page contents (false: metadata only).
     pub hash: bool,
+    /// Where sysfs is mounted (zswap's state is read there).
+    pub sys_root: PathBuf,
 }
 
 impl Default for ScanOptions {
@@ -39,6 +44,7 @@ impl Default for ScanOptions {
             proc_root: PathBuf::from("/proc"),
             threads: 0,
             hash: true,
+            sys_root: PathBuf::from("/sys"),
         }
     }
 }
@@ -54,6 +60,11 @@ pub struct ScanStats {
     pub unreadable_pfns: u64,
     /// PFNs that failed to copy or changed mapping while being read.
     pub vanished_pfns: u64,
+    /// Distinct swap slots the swapped pages are in, and those hashed from the swap area.
+    pub swap_slots: u64,
+    pub swap_hashed: u64,
+    /// Why swapped pages were not read, if they were not (zswap, an unreadable area).
+    pub swap_unread_reason: Option<String>,
     /// Distinct PFNs whose map count was lowered by dedupx's own mappings of them
     /// (see [`crate::observer`]).
     pub observer_pfns: u64,
@@ -109,7 +120,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         entries.iter().map(|e| e.pfn().unwrap_or(0)),
         dir.join("pagemap"),
     )?;
-    let (uniq, uidx) = distinct_pfns(&entries);
+    let (uniq, mut uidx) = distinct_pfns(&entries);
     clock.lap("pagemap");
 
     check(progress, "kpageflags", 0, uniq.len() as u64)?;
@@ -157,10 +168,33 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     if pid != std::process::id() {
         stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
     }
+    let swap = read_swapped(opts, &entries, progress)?;
+    stats.swap_slots = swap.keys.len() as u64;
+    stats.swap_hashed = swap.contents.hashed.iter().filter(|&&h| h).count() as u64;
+    stats.swap_unread_reason = swap.unread_reason;
+    let mut flags = flags;
+    let present_slots = uniq.len() as u32;
     drop(uniq);
+    // Swap slots are frames after the present PFNs: a swapped page is private anon.
+    flags.extend(std::iter::repeat_n(
+        (1u64 << KPF_ANON) | (1u64 << KPF_SWAPBACKED),
+        swap.keys.len(),
+    ));
+    counts.extend(&swap.refs);
+    contents.hashes.extend(swap.contents.hashes);
+    contents.hashed.extend(swap.contents.hashed);
+    for &(i, j) in &swap.pages {
+        uidx[i as usize] = present_slots + j;
+    }
     stats.changes = recheck(root, pid, &pagemap, &vmas, (&vma_id, &vaddr, &entries))?;
     clock.lap("recheck");
-    let pages = assemble(vma_id, vaddr, entries, uidx, flags, counts, contents);
+    let frames = FrameColumns {
+        flags,
+        counts,
+        contents,
+        swap_keys: swap.keys,
+    };
+    let pages = assemble(vma_id, vaddr, entries, uidx, frames);
     clock.lap("assemble");
     stats.stage_ms = clock.finish();
     Ok(ProcessScan {
@@ -206,6 +240,90 @@ fn recheck(
         vmas_vanished,
         exited: false,
     })
+}
+
+/// The swapped pages' slots, read from the swap areas (when hashing).
+struct SwapRead {
+    /// Distinct slot keys (`swap_area::slot_key`), sorted.
+    keys: Vec<u64>,
+    /// Per slot, the pages of this process in it.
+    refs: Vec<u64>,
+    /// (page index, slot index) of each swapped page that has a slot.
+    pages: Vec<(u32, u32)>,
+    contents: Contents,
+    unread_reason: Option<String>,
+}
+
+fn read_swapped(
+    opts: &ScanOptions,
+    entries: &[PagemapEntry],
+    progress: Progress,
+) -> Result<SwapRead> {
+    let mut found: Vec<(u64, u32)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let (t, off) = e.swap_slot()?;
+            Some((slot_key(t, off)?, i as u32))
+        })
+        .collect();
+    let mut out = SwapRead {
+        keys: Vec::new(),
+        refs: Vec::new(),
+        pages: Vec::with_capacity(found.len()),
+        contents: Contents::unread(0),
+        unread_reason: None,
+    };
+    if found.is_empty() {
+        return Ok(out);
+    }
+    found.sort_unstable();
+    for &(key, i) in &found {
+        if out.keys.last() != Some(&key) {
+            out.keys.push(key);
+            out.refs.push(0);
+        }
+        *out.refs.last_mut().expect("pushed") += 1;
+        out.pages.push((i, (out.keys.len() - 1) as u32));
+    }
+    out.contents = Contents::unread(out.keys.len());
+    if !opts.hash {
+        return Ok(out);
+    }
+    let areas = SwapAreas::open(&opts.proc_root, &opts.sys_root);
+    let tasks: Vec<ReadTask> = out
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(j, &key)| {
+            let (t, off) = key_slot(key);
+            areas.readable(t, off).then_some(ReadTask {
+                stream: t,
+                addr: off * crate::PAGE_SIZE as u64,
+                slot: j as u32,
+            })
+        })
+        .collect();
+    if tasks.len() < out.keys.len() {
+        out.unread_reason = Some(
+            areas
+                .areas
+                .iter()
+                .find_map(|a| a.unreadable.clone())
+                .unwrap_or_else(|| "their swap area is not listed in /proc/swaps".into()),
+        );
+    }
+    let plan = ReadPlan::new(tasks, out.keys.len())?;
+    let total = plan.len() as u64;
+    check(progress, "swap", 0, total)?;
+    read_and_hash(
+        &areas,
+        &plan,
+        &mut out.contents.hashes,
+        &mut out.contents.hashed,
+        &|done| Ok(check(progress, "swap", done, total)?),
+    )?;
+    Ok(out)
 }
 
 fn read_vmas(root: &Path, pid: u32) -> Result<Vec<Vma>> {

@@ -46,6 +46,9 @@ pub fn process_scan_to_dict(py: Python<'_>, scan: ProcessScan) -> PyResult<Bound
     stats.set_item("hashed_pfns", s.hashed_pfns)?;
     stats.set_item("unreadable_pfns", s.unreadable_pfns)?;
     stats.set_item("vanished_pfns", s.vanished_pfns)?;
+    stats.set_item("swap_slots", s.swap_slots)?;
+    stats.set_item("swap_hashed", s.swap_hashed)?;
+    stats.set_item("swap_unread_reason", s.swap_unread_reason.clone())?;
     stats.set_item("observer_pfns", s.observer_pfns)?;
     stats.set_item("changed_pages", s.changes.pages)?;
     stats.set_item("vmas_appeared", s.changes.vmas_appeared)?;
@@ -178,7 +181,9 @@ fn pages_batch(mut t: PageTable) -> Result<RecordBatch, ArrowError> {
 
 /// The pages batch with hashes taken from `store` (shared by all of a host's processes).
 pub fn pages_batch_with(t: PageTable, store: &HashStore) -> Result<RecordBatch, ArrowError> {
-    let present = NullBuffer::new(bits(t.present.clone()));
+    // pfn, kpageflags and mapcount are null where the page has no frame (not present, not
+    // swapped to a slot the scan resolved).
+    let present = NullBuffer::new(bits(t.frame.clone()));
     let (hash, hashed) = store.column(&t.hash_slot, None)?;
     drop(t.hash_slot);
     let columns: Vec<(&str, ArrayRef)> = vec![

@@ -61,6 +61,7 @@ impl HostSnapshot {
                 proc_root: proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
                 threads,
                 hash,
+                ..ScanOptions::default()
             },
             dev_root: dev_root.unwrap_or_else(|| PathBuf::from("/dev")),
             phys,

@@ -35,6 +35,7 @@ fn scan_process_frames<'py>(
         proc_root: proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
         threads,
         hash,
+        ..ScanOptions::default()
     };
     let bridge = ProgressBridge::new(progress);
     let result = py.detach(|| scan_process(pid, &opts, &|s, d, t| bridge.report(s, d, t)));
