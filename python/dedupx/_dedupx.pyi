@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from typing import Protocol, TypedDict, final, type_check_only
+from typing import NotRequired, Protocol, TypedDict, final, type_check_only
 
 __all__ = [
     "PAGE_SIZE",
@@ -34,6 +34,9 @@ class _ScanStats(TypedDict):
     hashed_pfns: int
     unreadable_pfns: int
     vanished_pfns: int
+    swap_slots: int
+    swap_hashed: int
+    swap_unread_reason: str | None
     threads: int
     stage_ms: dict[str, int]
 
@@ -67,6 +70,17 @@ class _CachedFile(_CachedFileName, total=False):
     error: str
 
 @type_check_only
+class _PageCacheWalk(TypedDict):
+    mounts: list[str]
+    files: int
+    files_cached: int
+    pages_cached: int
+    pages_hashed: int
+    pages_vanished: int
+    unreadable: int
+    seconds: float
+
+@type_check_only
 class _HostStats(TypedDict):
     processes: int
     exited: int
@@ -83,6 +97,7 @@ class _HostStats(TypedDict):
     ram_ranges: list[tuple[int, int]]
     cached_files: list[_CachedFile]
     file_cache_frames: int
+    page_cache: NotRequired[_PageCacheWalk]
 
 def scan_process_frames(
     pid: int,
@@ -115,6 +130,7 @@ class HostSnapshot:
         phys: str | None = None,
         iomem: str | None = None,
         cached_files: list[str] = ...,
+        page_cache: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> HostSnapshot: ...
     def stats(self) -> _HostStats: ...

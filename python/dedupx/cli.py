@@ -23,7 +23,7 @@ from dedupx.analysis.placement import place as placement
 from dedupx.exceptions import DedupxError, OutputError, UsageError
 from dedupx.fleet.cluster import client_for, fleet_on_dask
 from dedupx.fleet.inputs import expand as expand_inputs
-from dedupx.model.units import MIB
+from dedupx.model.units import MIB, pages_to_mib
 from dedupx.qemu.guests import find_guests
 from dedupx.report.fleet import fleet_report, render_fleet, render_placement
 from dedupx.report.html import build_report, write_report
@@ -288,26 +288,50 @@ def default_snapshot_dir() -> str:
     type=click.Path(file_okay=False),
     help="Where the host's procfs is mounted (default /proc).",
 )
-def snapshot_cmd(output: str | None, threads: int, quiet: bool, proc_root: str | None) -> None:
+@click.option(
+    "--no-page-cache",
+    is_flag=True,
+    help="Without kcore, do not walk the local filesystems for cached file pages no process "
+    "maps (the walk reads only pages already cached, never from disk).",
+)
+def snapshot_cmd(
+    output: str | None, threads: int, quiet: bool, proc_root: str | None, no_page_cache: bool
+) -> None:
     """Capture the whole host into a snapshot directory: every process (processes, vmas,
     pages) and every page of System RAM (frames) with its flags and, wherever its bytes can
     be read, its hash. Physical memory is read from /proc/kcore, /dev/crash or /dev/mem when
-    one is readable; otherwise every page some process maps is hashed, each once, and the
-    manifest says what was not covered. The directory appears only when complete (0600).
+    one is readable; otherwise every page some process maps is hashed, each once, and so
+    is every cached page of the files of local disk filesystems (the host's page cache);
+    the manifest says what was not covered. The directory appears only when complete
+    (0600).
     """
     out = output or default_snapshot_dir()
 
     def work() -> None:
         clean_stale(out)
         with progress_bar(not quiet) as update:
-            path = snapshot(out, threads=threads, progress=update, proc_root=proc_root)
+            path = snapshot(
+                out,
+                threads=threads,
+                progress=update,
+                proc_root=proc_root,
+                page_cache=not no_page_cache,
+            )
         m = open_snapshot(path).provenance.manifest
         c = m["coverage"]
+        by = ", ".join(f"{k} {v:,}" for k, v in c.get("hashed_by_source", {}).items())
         click.echo(
             f"Snapshot written to {path}: {m['rows']['pages']:,} mapped pages of "
             f"{m['processes']} processes, {c['pages_hashed']:,} of {c['pages_in_scope']:,} "
-            f"pages of RAM hashed via {c['source']}."
+            f"pages of RAM hashed via {c['source']}" + (f" ({by})." if by else ".")
         )
+        walk = m.get("scan", {}).get("page_cache")
+        if walk:
+            click.echo(
+                f"Page cache: {walk['files']:,} files walked in {walk['seconds']:.1f} s, "
+                f"{walk['files_cached']:,} with cached pages, {walk['pages_hashed']:,} pages "
+                f"hashed ({pages_to_mib(walk['pages_hashed']):,.0f} MiB)."
+            )
 
     run_guarded(work)
 

@@ -74,6 +74,7 @@ class HostCoverage:
         row = chunk.select(
             pl.len().alias("pages"),
             pl.col("hash").is_not_null().sum().alias("hashed"),
+            (pl.col("hash").is_not_null() & pl.col("mapped")).sum().alias("hashed_mapped"),
             (unhashed & flag(KPF_NOPAGE)).sum().alias("no_page"),
             # Only the head page of a free block has KPF_BUDDY; its tails carry no flags.
             (unmapped & (flag(KPF_BUDDY) | (pl.col("kpageflags") == 0))).sum().alias("free"),
@@ -86,11 +87,17 @@ class HostCoverage:
         for k, v in row.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
 
-    def summary(self, source: str) -> dict[str, Any]:
+    def summary(self, source: str, unmapped_source: str = "page cache") -> dict[str, Any]:
+        """The coverage, with ``hashed_by_source``: pages hashed through the processes that
+        map them, and the others through ``unmapped_source`` (the page-cache walk, or a
+        physical memory source such as kcore)."""
         c = dict(self.counts)
         total, hashed = c.pop("pages", 0), c.pop("hashed", 0)
+        mapped = c.pop("hashed_mapped", 0)
         c["kernel_and_other"] = total - hashed - sum(c.values())
-        return coverage(source, SCOPE_HOST, total, hashed, c)
+        out = coverage(source, SCOPE_HOST, total, hashed, c)
+        out["hashed_by_source"] = {"process memory": mapped, unmapped_source: hashed - mapped}
+        return out
 
 
 def upgrade_v1(old: dict[str, Any]) -> dict[str, Any]:

@@ -53,13 +53,16 @@ def snapshot(
     phys: str | None = None,
     iomem: str | None = None,
     cached_files: list[str] | None = None,
+    page_cache: bool = True,
 ) -> Path:
     """Captures the whole host into the snapshot directory ``out`` (written atomically,
     mode 0600) and returns its path (``dedupx.open_snapshot`` opens it). Pages of every
     process are hashed, each distinct physical page once; with a readable /proc/kcore,
     /dev/crash or /dev/mem (or ``phys``), every page of RAM is. Without one, the cached
     pages of ``cached_files`` (default: the guests' disk images and open files) are hashed
-    too, so that double caching shows."""
+    too, so that double caching shows, and with ``page_cache`` the cached pages of every
+    file of the local disk filesystems (found as ``fincore`` finds them; no page is read
+    from disk), so that the host's page cache has contents to compare with."""
     files = guest_files(proc_root or "/proc") if cached_files is None else cached_files
     hs = _dedupx.HostSnapshot(
         proc_root=proc_root,
@@ -67,11 +70,14 @@ def snapshot(
         phys=phys,
         iomem=iomem,
         cached_files=files,
+        page_cache=page_cache,
         progress=progress,
     )
     stats = hs.stats()
     src = stats["physical_source"]
     source = f"{src[0]}:{src[1]}" if src else "process_vm_readv (mapped pages only)"
+    if not src and page_cache:
+        source = "process_vm_readv + page cache (mincore)"
     processes = classify_processes(pl.DataFrame(hs.processes()))
     vmas = pl.DataFrame(hs.vmas())
     layouts = guest_layouts(processes, vmas)
@@ -109,7 +115,8 @@ def snapshot(
                 yield chunk
 
     def manifest() -> dict[str, Any]:
-        m = base_manifest("host", source, coverage.summary(source))
+        by_source = "kcore" if src else "page cache"
+        m = base_manifest("host", source, coverage.summary(source, unmapped_source=by_source))
         m["scan"] = {k: v for k, v in stats.items() if k != "ram_ranges"}
         m["processes"] = processes.height
         return m

@@ -1,21 +1,28 @@
 //! Page-cache pages of files no process maps (a guest's disk image read through the host
-//! page cache, say), found without /proc/kcore: the file is mapped read-only into our own
-//! address space, `mincore` tells which pages are cached, and only those are touched, so
-//! each touch maps the cached page (a minor fault, no I/O) and our own pagemap gives its
-//! PFN. Unlike a guest's pages these are the host's page cache: the touch marks them
-//! accessed, which is the price of seeing them at all.
+//! page cache, the host's own files), found without /proc/kcore. A window of the file is
+//! mapped read-only into our own address space; `mincore` tells which of its pages are
+//! cached; only those are entered into our page tables (`MADV_POPULATE_READ`, run by run,
+//! with readahead off), so our own pagemap gives their PFNs; their contents are copied
+//! from our mapping with `process_vm_readv`. So no page is read in from disk, and a file
+//! truncated meanwhile costs its pages (EFAULT), never a SIGBUS. Unlike a guest's pages
+//! these are the host's page cache: populating marks them accessed, which is the price of
+//! seeing them at all.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, ScanError};
 use crate::page_hash::PageHash;
 use crate::page_source::{PageSource, WindowShape};
-use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::pagemap::Pagemap;
 use crate::read_and_hash::read_and_hash;
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::PAGE_SIZE;
+
+/// Pages of a file mapped at a time: 1 GiB of address space, 256 KiB of mincore vector.
+const WINDOW_PAGES: usize = 1 << 18;
 
 /// The cached pages of one file: (page index in the file, PFN, hash).
 #[derive(Debug, Default)]
@@ -24,6 +31,8 @@ pub struct CachedPages {
     pub pages: Vec<(u64, u64, PageHash)>,
     /// Pages of the file in all, cached or not.
     pub file_pages: u64,
+    /// Pages cached when looked at but gone (evicted, truncated) before they were read.
+    pub vanished: u64,
 }
 
 struct Mapping {
@@ -41,12 +50,33 @@ impl Drop for Mapping {
     }
 }
 
+/// Opens a file to look at its page cache: read-only, without updating its access time.
+pub fn open_for_cache(path: &Path) -> std::io::Result<File> {
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+    };
+    // O_NOATIME is refused (EPERM) on files of other users unless we have CAP_FOWNER.
+    open(libc::O_NOATIME).or_else(|_| open(0))
+}
+
 pub fn cached_pages(path: &Path, proc_root: &Path) -> Result<CachedPages> {
     let io = |source| ScanError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = open_for_cache(path).map_err(io)?;
+    cached_pages_of(&file, path, proc_root)
+}
+
+/// The cached pages of the open `file` (named `path` in errors).
+pub fn cached_pages_of(file: &File, path: &Path, proc_root: &Path) -> Result<CachedPages> {
+    let io = |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let len = file.metadata().map_err(io)?.len() as usize;
     let pages = len / PAGE_SIZE; // a partial last page is left out: it is not a whole page
     let mut out = CachedPages {
@@ -54,10 +84,25 @@ pub fn cached_pages(path: &Path, proc_root: &Path) -> Result<CachedPages> {
         file_pages: pages as u64,
         ..Default::default()
     };
-    if pages == 0 {
-        return Ok(out);
+    let pagemap = Pagemap::open(proc_root, std::process::id())?;
+    let mut first = 0;
+    while first < pages {
+        let n = WINDOW_PAGES.min(pages - first);
+        cached_window(file, first, n, &pagemap, &mut out).map_err(io)?;
+        first += n;
     }
-    let map_len = pages * PAGE_SIZE;
+    Ok(out)
+}
+
+/// Pages `[first, first + n)` of the file into `out`.
+fn cached_window(
+    file: &File,
+    first: usize,
+    n: usize,
+    pagemap: &Pagemap,
+    out: &mut CachedPages,
+) -> std::io::Result<()> {
+    let map_len = n * PAGE_SIZE;
     // SAFETY: a fresh read-only shared mapping of a file we opened; checked for failure.
     let addr = unsafe {
         libc::mmap(
@@ -66,65 +111,97 @@ pub fn cached_pages(path: &Path, proc_root: &Path) -> Result<CachedPages> {
             libc::PROT_READ,
             libc::MAP_SHARED,
             file.as_raw_fd(),
-            0,
+            (first * PAGE_SIZE) as libc::off_t,
         )
     };
     if addr == libc::MAP_FAILED {
-        return Err(io(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     let mapping = Mapping { addr, len: map_len };
-    let mut resident = vec![0u8; pages];
+    // No readahead: a fault on a cached page would otherwise start reading its neighbours
+    // from disk.
+    // SAFETY: advice on our own mapping.
+    unsafe { libc::madvise(mapping.addr, map_len, libc::MADV_RANDOM) };
+    let mut resident = vec![0u8; n];
     // SAFETY: `resident` has one byte per page of the mapping, as mincore requires.
     if unsafe { libc::mincore(mapping.addr, map_len, resident.as_mut_ptr()) } != 0 {
-        return Err(io(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: the mapping is `map_len` readable bytes and lives until `mapping` drops.
-    let bytes = unsafe { std::slice::from_raw_parts(mapping.addr as *const u8, map_len) };
-    let cached: Vec<usize> = (0..pages).filter(|&i| resident[i] & 1 == 1).collect();
-    for &i in &cached {
-        // A read of a resident page maps it; volatile so that it is not optimised away.
-        // SAFETY: i < pages, so the byte lies inside the mapping.
-        unsafe { std::ptr::read_volatile(bytes.as_ptr().add(i * PAGE_SIZE)) };
+    let cached: Vec<usize> = (0..n).filter(|&i| resident[i] & 1 == 1).collect();
+    if cached.is_empty() {
+        return Ok(());
     }
-    let pagemap = Pagemap::open(proc_root, std::process::id())?;
-    let mut entries = Vec::new();
-    pagemap.read_range(mapping.addr as u64, pages, &mut entries)?;
-    let tasks = cached
+    for (a, b) in runs(&cached) {
+        // Enters the run's cached pages into our page tables; a page evicted since
+        // mincore would be read back in, so a run is populated only while all of it is
+        // still cached (checked again just before). Errors (a file truncated meanwhile)
+        // cost the run: those pages stay without a PFN.
+        let run = (mapping.addr as usize + a * PAGE_SIZE) as *mut libc::c_void;
+        let mut still = vec![0u8; b - a];
+        // SAFETY: the run lies inside the mapping; `still` has one byte per page of it.
+        let ok = unsafe { libc::mincore(run, (b - a) * PAGE_SIZE, still.as_mut_ptr()) } == 0;
+        if ok && still.iter().all(|&r| r & 1 == 1) {
+            // SAFETY: the run lies inside our own mapping.
+            unsafe { libc::madvise(run, (b - a) * PAGE_SIZE, libc::MADV_POPULATE_READ) };
+        }
+    }
+    let mut pfn_of = vec![0u64; n];
+    pagemap
+        .for_each_mapped(
+            mapping.addr as u64,
+            mapping.addr as u64 + map_len as u64,
+            |va, e| {
+                if let Some(pfn) = e.pfn() {
+                    pfn_of[((va - mapping.addr as u64) / PAGE_SIZE as u64) as usize] = pfn;
+                }
+            },
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let with_pfn: Vec<usize> = cached.into_iter().filter(|&i| pfn_of[i] != 0).collect();
+    let tasks = with_pfn
         .iter()
         .enumerate()
         .map(|(k, &i)| ReadTask {
-            addr: (i * PAGE_SIZE) as u64,
+            addr: mapping.addr as u64 + (i * PAGE_SIZE) as u64,
             stream: 0,
             slot: k as u32,
         })
         .collect();
-    let plan = ReadPlan::new(tasks, cached.len())?;
-    let mut hashes = vec![[0u8; 16]; cached.len()];
-    let mut hashed = vec![false; cached.len()];
-    read_and_hash(
-        &MappedFile { bytes },
-        &plan,
-        &mut hashes,
-        &mut hashed,
-        &|_| Ok(()),
-    )?;
-    for (&i, h) in cached.iter().zip(hashes) {
-        // A page evicted between mincore and the touch was read back in from disk: still
-        // the file's content, and now cached; keep it.
-        if let Some(pfn) = PagemapEntry(entries[i]).pfn() {
-            out.pages.push((i as u64, pfn, h));
+    let plan = ReadPlan::new(tasks, with_pfn.len()).map_err(std::io::Error::other)?;
+    let mut hashes = vec![[0u8; 16]; with_pfn.len()];
+    let mut hashed = vec![false; with_pfn.len()];
+    read_and_hash(&OwnMapping, &plan, &mut hashes, &mut hashed, &|_| Ok(()))
+        .map_err(|e: ScanError| std::io::Error::other(e.to_string()))?;
+    drop(mapping);
+    for ((&i, h), ok) in with_pfn.iter().zip(hashes).zip(hashed) {
+        if ok {
+            out.pages.push(((first + i) as u64, pfn_of[i], h));
+        } else {
+            out.vanished += 1;
         }
     }
-    drop(mapping);
-    Ok(out)
+    Ok(())
 }
 
-/// A file mapped into our own memory as a page source: addresses are file offsets.
-struct MappedFile<'a> {
-    bytes: &'a [u8],
+/// Runs of consecutive indices in sorted `idx`, as [start, end).
+fn runs(idx: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &i in idx {
+        match out.last_mut() {
+            Some(r) if r.1 == i => r.1 = i + 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
 }
 
-impl PageSource for MappedFile<'_> {
+/// Our own mapping of the file, read with `process_vm_readv` on ourselves: the pages are
+/// already in our page tables, so reading starts no readahead (a read() of a page marked
+/// for readahead would), and a page truncated away meanwhile fails the read (EFAULT)
+/// instead of raising SIGBUS. Addresses are our own virtual addresses.
+struct OwnMapping;
+
+impl PageSource for OwnMapping {
     type Stream = ();
     type Error = ScanError;
 
@@ -147,11 +224,21 @@ impl PageSource for MappedFile<'_> {
         buf: &mut [u8],
         ok: &mut Vec<bool>,
     ) -> Result<()> {
-        for (&at, page) in addrs.iter().zip(buf.chunks_exact_mut(PAGE_SIZE)) {
-            page.copy_from_slice(&self.bytes[at as usize..][..PAGE_SIZE]);
-        }
         ok.clear();
-        ok.resize(addrs.len(), true);
+        for (&at, page) in addrs.iter().zip(buf.chunks_exact_mut(PAGE_SIZE)) {
+            let local = libc::iovec {
+                iov_base: page.as_mut_ptr() as *mut libc::c_void,
+                iov_len: PAGE_SIZE,
+            };
+            let remote = libc::iovec {
+                iov_base: at as *mut libc::c_void,
+                iov_len: PAGE_SIZE,
+            };
+            // SAFETY: one local iovec over `page`, which we own mutably; the remote side
+            // is our own address space, checked by the kernel.
+            let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+            ok.push(n == PAGE_SIZE as isize);
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! every process, the page cache of files asked for, and the physical memory source the
 //! `frames` rows are hashed from.
 
+use std::fs;
 use std::path::PathBuf;
 
 use crate::error::Result;
@@ -10,6 +11,8 @@ use crate::host_frames::FrameChunk;
 use crate::host_scan::{scan_host, HostScan};
 use crate::iomem::read_system_ram;
 use crate::live_memory::choose_physical;
+use crate::page_cache_walk::{local_mounts, walk_page_cache, PageCacheReport};
+use crate::page_hash::PageHash;
 use crate::phys_image::{PhysImage, PAGE};
 use crate::process_scan::ScanOptions;
 use crate::stages::Progress;
@@ -25,6 +28,9 @@ pub struct HostOptions {
     pub iomem: Option<PathBuf>,
     /// Files whose cached pages no process maps are hashed too.
     pub cached_files: Vec<PathBuf>,
+    /// Without a physical memory source, hash the page cache of every file of the local
+    /// disk filesystems (see [`crate::page_cache_walk`]).
+    pub page_cache: bool,
 }
 
 /// Per file asked to cover: (cached pages, pages), or why it could not be read.
@@ -38,6 +44,8 @@ pub struct HostSnapshot {
     /// System RAM as (first PFN, end PFN) ranges.
     pub ram: Vec<(u64, u64)>,
     pub cached_files: Vec<CachedFileReport>,
+    /// The walk of the host's page cache, when it ran.
+    pub page_cache: Option<PageCacheReport>,
 }
 
 impl HostSnapshot {
@@ -54,6 +62,19 @@ impl HostSnapshot {
         let cached_files = add_cached_files(&mut scan, &opts.cached_files);
         let (phys, phys_notes) =
             choose_physical(opts.phys.as_deref(), proc_root, &opts.dev_root, &ram_bytes)?;
+        let page_cache = if opts.page_cache && phys.is_none() {
+            let mountinfo =
+                fs::read_to_string(proc_root.join("self/mountinfo")).unwrap_or_default();
+            let mounts = local_mounts(&mountinfo);
+            let mut found: Vec<(u64, PageHash)> = Vec::new();
+            let report = walk_page_cache(&mounts, proc_root, progress, |pages| {
+                found.extend(pages.iter().map(|&(_, pfn, h)| (pfn, h)))
+            })?;
+            add_cached_pages(&mut scan, found);
+            Some(report)
+        } else {
+            None
+        };
         let ram = ram_bytes
             .iter()
             .map(|&(a, b)| (a.div_ceil(PAGE), b / PAGE))
@@ -65,6 +86,7 @@ impl HostSnapshot {
             phys_notes,
             ram,
             cached_files,
+            page_cache,
         })
     }
 
@@ -79,22 +101,29 @@ impl HostSnapshot {
 /// it could not be read.
 pub fn add_cached_files(scan: &mut HostScan, files: &[PathBuf]) -> Vec<CachedFileReport> {
     let mut report = Vec::new();
+    let mut found = Vec::new();
     for path in files {
         match cached_pages(path, &scan.proc_root) {
             Ok(c) => {
                 report.push((path.clone(), Ok((c.pages.len() as u64, c.file_pages))));
-                let mapped = &scan.pfns;
-                scan.file_cache.extend(
-                    c.pages
-                        .iter()
-                        .filter(|(_, pfn, _)| mapped.binary_search(pfn).is_err())
-                        .map(|&(_, pfn, h)| (pfn, h)),
-                );
+                found.extend(c.pages.iter().map(|&(_, pfn, h)| (pfn, h)));
             }
             Err(e) => report.push((path.clone(), Err(e.to_string()))),
         }
     }
+    add_cached_pages(scan, found);
+    report
+}
+
+/// Adds cached pages (PFN, hash) that no process maps to the scan's page-cache frames,
+/// each PFN once.
+fn add_cached_pages(scan: &mut HostScan, found: Vec<(u64, PageHash)>) {
+    let mapped = &scan.pfns;
+    scan.file_cache.extend(
+        found
+            .into_iter()
+            .filter(|(pfn, _)| mapped.binary_search(pfn).is_err()),
+    );
     scan.file_cache.sort_unstable_by_key(|&(pfn, _)| pfn);
     scan.file_cache.dedup_by_key(|e| e.0);
-    report
 }

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::page_source::{PageSource, WindowShape};
+use crate::proc_escape::unescape_octal;
 use crate::PAGE_SIZE;
 
 /// A swap slot's key in the frames' `pfn` column: above every real PFN (those fit in 55
@@ -122,34 +123,12 @@ pub fn parse_swaps(text: &str) -> Vec<(PathBuf, String, u64)> {
         .skip(1)
         .filter_map(|line| {
             let mut words = line.split_whitespace();
-            let path = unescape(words.next()?);
+            let path = unescape_octal(words.next()?);
             let kind = words.next()?.to_string();
             let kib = words.next()?.parse().ok()?;
             Some((PathBuf::from(path), kind, kib))
         })
         .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A page-aligned buffer, as `O_DIRECT` reads need.

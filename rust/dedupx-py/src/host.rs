@@ -43,7 +43,7 @@ impl HostSnapshot {
     /// of trying /proc/kcore, /dev/crash and /dev/mem; `iomem` a file to read System RAM
     /// ranges from instead of PROC_ROOT/iomem (both for tests and offline copies).
     #[new]
-    #[pyo3(signature = (*, proc_root=None, dev_root=None, threads=0, hash=true, phys=None, iomem=None, cached_files=Vec::new(), progress=None))]
+    #[pyo3(signature = (*, proc_root=None, dev_root=None, threads=0, hash=true, phys=None, iomem=None, cached_files=Vec::new(), page_cache=false, progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -54,6 +54,7 @@ impl HostSnapshot {
         phys: Option<PathBuf>,
         iomem: Option<PathBuf>,
         cached_files: Vec<PathBuf>,
+        page_cache: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let opts = HostOptions {
@@ -67,6 +68,7 @@ impl HostSnapshot {
             phys,
             iomem,
             cached_files,
+            page_cache,
         };
         let bridge = ProgressBridge::new(progress);
         let result = py.detach(|| {
@@ -121,6 +123,19 @@ impl HostSnapshot {
             files.append(f)?;
         }
         d.set_item("cached_files", files)?;
+        if let Some(r) = &self.snap.page_cache {
+            let w = PyDict::new(py);
+            let mounts: Vec<String> = r.mounts.iter().map(|m| m.display().to_string()).collect();
+            w.set_item("mounts", mounts)?;
+            w.set_item("files", r.files)?;
+            w.set_item("files_cached", r.files_cached)?;
+            w.set_item("pages_cached", r.pages_cached)?;
+            w.set_item("pages_hashed", r.pages_hashed)?;
+            w.set_item("pages_vanished", r.pages_vanished)?;
+            w.set_item("unreadable", r.unreadable)?;
+            w.set_item("seconds", r.seconds)?;
+            d.set_item("page_cache", w)?;
+        }
         d.set_item("file_cache_frames", self.snap.scan.file_cache.len())?;
         Ok(d)
     }

@@ -1,0 +1,150 @@
+"""The host's page cache without kcore: cached pages of files no process maps are hashed
+(found with mincore, never read from disk), so the host row of the dedup matrix sees them."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import dedupx
+from helpers import PAGE, LayoutProcess, start_layout, stop
+
+COPIES = 300  # pages of the fixture that copy pages of the cached file
+FILE_PAGES = 1024
+
+
+def residency(path: Path) -> list[bool]:
+    """Which pages of ``path`` are in the page cache: mincore over a mapping of our own
+    (mapping a file reads nothing; mincore faults nothing in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vec = (ctypes.c_ubyte * (size // PAGE))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        try:
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return [bool(b & 1) for b in vec]
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["sh", "-c", cmd], check=True)
+
+
+@pytest.fixture
+def cached_file(tmp_path: Path) -> Path:
+    """A file of random pages, cached (just written), mapped by nobody. Its bytes are made
+    and copied by other processes: in the test's own memory they would be host copies."""
+    path = tmp_path / "host-file.bin"
+    sh(f"head -c {FILE_PAGES * PAGE} /dev/urandom > {path}")
+    return path
+
+
+@pytest.fixture
+def copier(page_layout_bin: Path, tmp_path: Path, cached_file: Path) -> Iterator[LayoutProcess]:
+    """A process whose anon memory holds copies of the file's first COPIES pages, and 100
+    random pages of its own."""
+    work = tmp_path / "layout"
+    work.mkdir()
+    sh(
+        f"(head -c {COPIES * PAGE} {cached_file}; head -c {100 * PAGE} /dev/urandom)"
+        f" > {work}/anon.bin"
+    )
+    lp = start_layout(page_layout_bin, work, {})
+    # The layout's own copy of its pages goes with its file (unlinked, unmapped: freed).
+    (work / "anon.bin").unlink()
+    try:
+        yield lp
+    finally:
+        stop(lp.proc)
+
+
+def file_hashes(path: Path) -> set[bytes]:
+    """dedupx's hash (BLAKE3, first 16 bytes) of each page of ``path``, computed in another
+    process: bytes the test held would be host copies of the pages."""
+    code = (
+        "import sys, blake3\n"
+        "d = open(sys.argv[1], 'rb').read()\n"
+        f"for i in range(0, len(d), {PAGE}):\n"
+        f"    print(blake3.blake3(d[i:i + {PAGE}]).digest()[:16].hex())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
+    )
+    return {bytes.fromhex(h) for h in out.stdout.split()}
+
+
+def test_unmapped_page_cache_fills_the_host_row(
+    cached_file: Path, copier: LayoutProcess, tmp_path: Path
+) -> None:
+    """Every page of a cached file nobody maps is hashed as host page cache with the walk,
+    none without; the fixture's copies of COPIES of them land in the host row's anon/file
+    cell (beside other host copies, such as a guest's copy of libc)."""
+    path = cached_file
+    want = file_hashes(path)
+    assert len(want) == FILE_PAGES and all(residency(path))
+    with_cache = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "with"))
+    without = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "without", page_cache=False))
+    found = {}
+    for name, snap in (("with", with_cache), ("without", without)):
+        frames = snap.frames.filter(pl.col("hash").is_in(list(want)) & ~pl.col("mapped"))
+        found[name] = frames.select(pl.col("hash").n_unique()).collect().item()
+    host = dedupx.group_matrix(with_cache, [copier.pid]).filter(pl.col("row") == "host")
+    print(
+        f"file pages hashed as unmapped page cache: {found['with']} with the walk, "
+        f"{found['without']} without, of {FILE_PAGES}; host row anon/file "
+        f"{host['anon_file'].item()} ({COPIES} copies of the file)"
+    )
+    assert found == {"with": FILE_PAGES, "without": 0}
+    assert host["anon_file"].item() >= COPIES
+    cov = with_cache.provenance.coverage
+    walk = with_cache.provenance.manifest["scan"]["page_cache"]
+    print(f"coverage by source {cov['hashed_by_source']}; walk {walk}")
+    assert cov["hashed_by_source"]["page cache"] >= FILE_PAGES
+    assert walk["files"] >= walk["files_cached"] > 0
+
+
+def test_walk_reads_nothing_from_disk(cached_file: Path, tmp_path: Path) -> None:
+    """With the file evicted and every third page read back, the walk leaves the file's
+    residency as it found it: no page it did not hold is brought in."""
+    path = cached_file
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for i in range(0, FILE_PAGES, 3):
+            os.pread(fd, PAGE, i * PAGE)
+    finally:
+        os.close(fd)
+    before = residency(path)
+    if all(before):
+        pytest.skip("the kernel kept the file cached despite DONTNEED")
+    snap = dedupx.snapshot(tmp_path / "s")
+    after = residency(path)
+    print(f"{sum(before)} of {len(before)} pages cached before the walk, {sum(after)} after")
+    assert after == before
+    assert dedupx.open_snapshot(snap).provenance.manifest["scan"]["page_cache"]["pages_hashed"] > 0
