@@ -35,7 +35,7 @@ HOSTILE: dict[str, tuple[type[DedupxError], str]] = {
 
 
 @pytest.fixture
-def agent_binary(tmp_path: Path) -> Path:
+def fake_agent(tmp_path: Path) -> Path:
     """Stands for dedupx-agent: the fake runs no program, but dedupx checks it is ELF."""
     path = tmp_path / "dedupx-agent"
     path.write_bytes(b"\x7fELF" + bytes(3 << 20))  # a few chunks, as the real one is
@@ -47,9 +47,9 @@ def own_files(agent: FakeQga) -> list[str]:
     return [p for p in agent.files if "dedupx-agent-" in p]
 
 
-def test_agent_runs_and_cleans_up(agent_binary: Path) -> None:
+def test_agent_runs_and_cleans_up(fake_agent: Path) -> None:
     with fake_qga_server("good") as agent:
-        view = dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=agent_binary)
+        view = dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=fake_agent)
         leftovers = own_files(agent)
         programs = [argv[0] for argv, _ in agent.execs.values()]
     assert view.path == agent.sock
@@ -61,10 +61,10 @@ def test_agent_runs_and_cleans_up(agent_binary: Path) -> None:
     assert leftovers == []
 
 
-def test_agent_tries_the_next_directory(agent_binary: Path) -> None:
+def test_agent_tries_the_next_directory(fake_agent: Path) -> None:
     """No /var/tmp, and /tmp mounted noexec: /root runs it; nothing is left behind."""
     with fake_qga_server("noexec") as agent:
-        view = dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=agent_binary)
+        view = dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=fake_agent)
         leftovers = own_files(agent)
         ran = [argv[0] for argv, _ in agent.execs.values() if argv[0].startswith("/")]
     assert view.frames.height == PAGES
@@ -73,7 +73,7 @@ def test_agent_tries_the_next_directory(agent_binary: Path) -> None:
 
 
 @pytest.mark.parametrize("behaviour", sorted(HOSTILE))
-def test_hostile_agent_run_fails_in_time_and_bounded(behaviour: str, agent_binary: Path) -> None:
+def test_hostile_agent_run_fails_in_time_and_bounded(behaviour: str, fake_agent: Path) -> None:
     kind, words = HOSTILE[behaviour]
     with fake_qga_server(behaviour) as agent:
         tracemalloc.start()
@@ -81,7 +81,7 @@ def test_hostile_agent_run_fails_in_time_and_bounded(behaviour: str, agent_binar
         try:
             with pytest.raises(kind) as err:
                 dedupx.read_guest_qga(
-                    agent.sock, timeout=TIMEOUT, agent=agent_binary, agent_timeout=AGENT_TIMEOUT
+                    agent.sock, timeout=TIMEOUT, agent=fake_agent, agent_timeout=AGENT_TIMEOUT
                 )
             seconds = time.monotonic() - started
             _, peak = tracemalloc.get_traced_memory()
@@ -107,7 +107,7 @@ def test_agent_binary_must_be_a_program(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["agent_fails", "corrupt_output", "exec_bad_pid"])
-def test_hostile_agent_run_cli_one_line(behaviour: str, agent_binary: Path, tmp_path: Path) -> None:
+def test_hostile_agent_run_cli_one_line(behaviour: str, fake_agent: Path, tmp_path: Path) -> None:
     kind, words = HOSTILE[behaviour]
     with fake_qga_server(behaviour) as agent:
         res = run_cli(
@@ -116,6 +116,6 @@ def test_hostile_agent_run_cli_one_line(behaviour: str, agent_binary: Path, tmp_
             "--qga",
             f"1={agent.sock}",
             "--agent-binary",
-            str(agent_binary),
+            str(fake_agent),
         )
     assert_one_line_error(res, kind.exit_code, words)

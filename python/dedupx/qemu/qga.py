@@ -27,6 +27,11 @@ from dedupx.exceptions import QmpError
 from dedupx.qemu.json_socket import MAX_LINE, JsonLineSocket
 
 CHUNK = 1 << 20
+# A guest agent holds a request several times over (its JSON text, the parsed string, the
+# decoded bytes) and its allocator keeps the high-water mark: copying dedupx-agent in 1 MiB
+# writes left qemu-ga about 2 MiB larger than 64 KiB ones did, in the very memory the agent
+# then measures.
+WRITE_CHUNK = 64 << 10
 # A file read's default cap: far above any text file dedupx reads through the agent.
 DEFAULT_FILE_CAP = 64 << 20
 # The slowest a guest may send a file, on average: real agents send MiB/s even under TCG.
@@ -184,9 +189,10 @@ class Qga(JsonLineSocket):
         return n
 
     def write_file(self, path: str, data: bytes) -> None:
-        """Writes ``data`` to the guest file ``path`` (created, or truncated), ``CHUNK``
-        bytes a call. The guest's count of bytes written must be a whole number no larger
-        than what was sent, and the write must keep up ``MIN_RATE`` like a read."""
+        """Writes ``data`` to the guest file ``path`` (created, or truncated),
+        ``WRITE_CHUNK`` bytes a call. The guest's count of bytes written must be a whole
+        number no larger than what was sent, and the write must keep up ``MIN_RATE`` like
+        a read."""
         handle = self._open(path, "w")
         view = memoryview(data)
         started = time.monotonic()
@@ -194,7 +200,7 @@ class Qga(JsonLineSocket):
             # A guest may write less than it was sent; it must write something each time.
             while view:
                 budget = started + self.timeout + (len(data) - len(view)) / MIN_RATE
-                chunk = view[:CHUNK]
+                chunk = view[:WRITE_CHUNK]
                 args = {"handle": handle, "buf-b64": base64.b64encode(chunk).decode()}
                 r = self._paced("guest-file-write", args, budget, path, "written")
                 count = r.get("count") if isinstance(r, dict) else None
