@@ -4,6 +4,7 @@ naming the socket (one line from the CLI), and leave no file of its own in the g
 
 from __future__ import annotations
 
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dedupx
-from dedupx.exceptions import CorruptAgentFile, DedupxError, QmpError, UsageError
+from dedupx.exceptions import CorruptAgentFile, DedupxError, DedupxIOError, QmpError, UsageError
 from fake_qga import AGENT_META, PAGES, FakeQga, fake_qga_server
 from helpers import assert_one_line_error, run_cli
 
@@ -119,3 +120,26 @@ def test_hostile_agent_run_cli_one_line(behaviour: str, fake_agent: Path, tmp_pa
             str(fake_agent),
         )
     assert_one_line_error(res, kind.exit_code, words)
+
+
+def test_analyses_take_the_guest_view_or_its_frames_not_both(fake_agent: Path) -> None:
+    with fake_qga_server("good") as agent:
+        view = dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=fake_agent)
+    for analysis in (dedupx.incremental_cost, dedupx.uss_breakdown):
+        with pytest.raises(UsageError, match="not both"):
+            analysis(None, 1, view.guest_frames(1), guest=view)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="takes a GuestView"):
+            analysis(None, 1, guest=view.frames)  # type: ignore[arg-type]
+
+
+def test_local_temporary_directory_unusable(
+    fake_agent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's file is kept in this host's temporary directory: one that is gone is a
+    typed error, and the guest is still cleaned up."""
+    with fake_qga_server("good") as agent:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+        with pytest.raises(DedupxIOError, match="cannot keep dedupx-agent's file"):
+            dedupx.read_guest_qga(agent.sock, timeout=TIMEOUT, agent=fake_agent)
+        leftovers = own_files(agent)
+    assert leftovers == []

@@ -19,7 +19,14 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.exceptions import CorruptAgentFile, DedupxIOError, ProcParseError, QmpError, UsageError
+from dedupx.exceptions import (
+    CorruptAgentFile,
+    DedupxError,
+    DedupxIOError,
+    ProcParseError,
+    QmpError,
+    UsageError,
+)
 from dedupx.model.page_classes import guest_class
 from dedupx.qemu.qga import Qga
 from dedupx.sources.agent_via_qga import agent_file_cap, agent_seconds, run_agent
@@ -202,14 +209,19 @@ def _read_via_agent(
         mem_total = _meminfo(q).get("MemTotal")
         ram = max_guest_ram if mem_total is None else min(mem_total << 10, max_guest_ram)
         cap = agent_file_cap(_kpage_cap(mem_total, max_guest_ram))
-        with tempfile.NamedTemporaryFile(prefix="dedupx-agent-", suffix=".ddx") as local:
-            run_agent(q, binary, local, cap, seconds or agent_seconds(ram))
-            local.flush()
-            try:
-                view = read_guest_agent(local.name)
-            except CorruptAgentFile as e:
-                detail = str(e).replace(local.name, "its file")
-                raise CorruptAgentFile(f"dedupx-agent run through {sock}: {detail}") from None
+        try:
+            with tempfile.NamedTemporaryFile(prefix="dedupx-agent-", suffix=".ddx") as local:
+                run_agent(q, binary, local, cap, seconds or agent_seconds(ram))
+                local.flush()
+                try:
+                    view = read_guest_agent(local.name)
+                except CorruptAgentFile as e:
+                    detail = str(e).replace(local.name, "its file")
+                    raise CorruptAgentFile(f"dedupx-agent run through {sock}: {detail}") from None
+        except DedupxError:
+            raise
+        except OSError as e:  # this host's temporary directory, not the guest
+            raise DedupxIOError(f"cannot keep dedupx-agent's file: {e.strerror or e}") from None
     return dataclasses.replace(view, path=sock)
 
 
