@@ -1,7 +1,9 @@
-"""Fixtures: a compiled C process whose pages hold content the test chose."""
+"""Fixtures: a compiled C process whose pages hold content the test chose, and the static
+dedupx-agent that guests run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,24 @@ def page_layout_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def agent_binary() -> Path:
+    """dedupx-agent, linked statically so that it runs in a bare busybox initramfs: the
+    one $DEDUPX_TEST_AGENT names, else built here."""
+    if os.environ.get("DEDUPX_TEST_AGENT"):
+        return Path(os.environ["DEDUPX_TEST_AGENT"])
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "RUSTFLAGS": "-C target-feature=+crt-static"}
+    target = "x86_64-unknown-linux-gnu"
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--release", "-p", "dedupx-agent", "--target", target],
+        cwd=root,
+        env=env,
+        check=True,
+    )
+    return root / "target" / target / "release" / "dedupx-agent"
 
 
 @pytest.fixture

@@ -45,7 +45,9 @@ BUSYBOX = Path("/bin/busybox")
 # MiB of seeded pseudo-random data in /payload.bin, so that guests of different variants
 # hold memory the others do not. The file stays in the initramfs root (a tmpfs): copying it
 # elsewhere would leave a second, stale copy in freed guest pages.
-VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0, "qga": 0}
+VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0, "qga": 0, "qga-agent": 0}
+# The variants that carry dedupx-agent in their initramfs.
+AGENT_VARIANTS = ("agent", "qga-agent")
 
 # Loads the virtio modules (the cloud kernel builds them as modules) and waits for the
 # virtio serial port the agent variants talk through.
@@ -110,6 +112,42 @@ echo "DEDUPX-AGENT-DONE rc=$?"
 )
 AGENT_DONE_MARKER = "DEDUPX-AGENT-DONE"
 
+# The "qga-agent" variant has both: QEMU's guest agent on the port named
+# org.qemu.guest_agent.0 (see qga_args) and, once it runs, dedupx-agent writing its file
+# to the port named dedupx.agent (see agent_port_args), to check one against the other.
+# Two virtio serial devices each have a port 1: ports are found by name.
+QGA_AGENT_RC = """\
+#!/bin/sh
+for pass in 1 2 3 4; do for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done; done
+port() {
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}"
+  done
+}
+for i in $(seq 100); do
+  [ -n "$(port org.qemu.guest_agent.0)" ] && [ -n "$(port dedupx.agent)" ] && break
+  sleep 0.1
+done
+mkdir -p /var/run /tmp/qga
+qemu-ga -m virtio-serial -p "$(port org.qemu.guest_agent.0)" -t /tmp/qga -d
+/bin/dedupx-agent -o "$(port dedupx.agent)"
+echo "DEDUPX-AGENT-DONE rc=$?"
+"""
+
+
+def agent_port_args(out: Path) -> tuple[str, ...]:
+    """QEMU arguments for the port dedupx-agent writes its file to; the host end is
+    ``out``."""
+    return (
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"file,id=ag,path={out}",
+        "-device",
+        "virtserialport,chardev=ag,name=dedupx.agent",
+    )
+
+
 # PID 1 of the guest.
 INIT_SCRIPT = """\
 #!/bin/busybox sh
@@ -162,19 +200,19 @@ def guest_assets(
     generic_kernel: bool = False,
 ) -> GuestAssets:
     """Kernel and initramfs for `variant`, built into `cache_dir` only when missing. The
-    "agent" variant needs the static `dedupx-agent` binary. `generic_kernel` boots Debian's
-    generic build of the same kernel version instead of the cloud one: a different kernel,
-    for guests that must share less."""
+    "agent" and "qga-agent" variants need the static `dedupx-agent` binary.
+    `generic_kernel` boots Debian's generic build of the same kernel version instead of the
+    cloud one: a different kernel, for guests that must share less."""
     if variant not in VARIANT_PAYLOAD_MIB:
         raise ValueError(f"unknown guest variant {variant!r}; known: {list(VARIANT_PAYLOAD_MIB)}")
-    if (variant == "agent") != (agent is not None):
-        raise ValueError("the agent variant, and only it, takes the agent binary")
+    if (variant in AGENT_VARIANTS) != (agent is not None):
+        raise ValueError(f"the {AGENT_VARIANTS} variants, and only they, take the agent binary")
     cache_dir.mkdir(parents=True, exist_ok=True)
     kernel = _kernel(cache_dir)
     if generic_kernel:
         kernel = _generic_kernel(cache_dir, kernel)
     extra: list[tuple[str, int, bytes, int]] = []
-    if agent is not None:
+    if variant == "agent" and agent is not None:
         extra = [
             *_virtio_entries(cache_dir, kernel),
             ("bin/dedupx-agent", 0o100755, agent.read_bytes(), 0),
@@ -187,6 +225,13 @@ def guest_assets(
             *_virtio_entries(cache_dir, kernel),
             *_qga_files(cache_dir),
             ("etc/rc.local", 0o100755, QGA_RC.encode(), 0),
+        ]
+    if variant == "qga-agent" and agent is not None:
+        extra = [
+            *_virtio_entries(cache_dir, kernel),
+            *_qga_files(cache_dir),
+            ("bin/dedupx-agent", 0o100755, agent.read_bytes(), 0),
+            ("etc/rc.local", 0o100755, QGA_AGENT_RC.encode(), 0),
         ]
     return GuestAssets(kernel, _initrd(cache_dir, variant, extra))
 

@@ -4,8 +4,6 @@ kcore hashes against the host's view of the same guest-physical pages."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import blake3
@@ -15,40 +13,18 @@ import pytest
 import dedupx
 from dedupx.analysis.guest_memory import inactive_bloat
 from dedupx.exceptions import CorruptAgentFile
-from guest_kit import Guest, ensure_packages, guest_assets
+from guest_kit import Guest, agent_port_args, ensure_packages, guest_assets
 from helpers import assert_lru_within_meminfo, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = 4096
 ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
-
-
-@pytest.fixture(scope="session")
-def agent_binary() -> Path:
-    """dedupx-agent, linked statically so that it runs in a bare busybox initramfs."""
-    env = {**os.environ, "RUSTFLAGS": "-C target-feature=+crt-static"}
-    target = "x86_64-unknown-linux-gnu"
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "-p", "dedupx-agent", "--target", target],
-        cwd=ROOT,
-        env=env,
-        check=True,
-    )
-    return ROOT / "target" / target / "release" / "dedupx-agent"
 
 
 def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
     ensure_packages()
     assets = guest_assets(variant="agent", agent=agent_binary)
     out = tmp_path / "guest.agent"
-    port = (
-        "-device",
-        "virtio-serial-pci",
-        "-chardev",
-        f"file,id=ag,path={out}",
-        "-device",
-        "virtserialport,chardev=ag,name=dedupx.agent",
-    )
+    port = agent_port_args(out)
     with Guest(assets, mem_mib=256, name="agent", workdir=tmp_path, extra_args=port) as g:
         assert "DEDUPX-AGENT-DONE rc=0" in g.serial_text(), g.serial_text()[-2000:]
         g.stop()

@@ -5,7 +5,6 @@ one typed error (one line from the CLI), never hang, grow or print a traceback."
 from __future__ import annotations
 
 import json
-import struct
 import time
 import tracemalloc
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 import dedupx
 from dedupx.exceptions import CorruptAgentFile, QmpError
-from fake_qga import fake_qga
+from fake_qga import agent_file_bytes, fake_qga
 from helpers import assert_one_line_error, run_cli
 
 TIMEOUT = 2.0  # the deadline passed to read_guest_qga
@@ -80,16 +79,8 @@ def test_hostile_agent_cli_one_line(behaviour: str, tmp_path: Path) -> None:
 
 
 def agent_file(path: Path, meta_json: bytes, pages: int = 4) -> Path:
-    """A dedupx-agent file laid out as rust/dedupx-core/src/agent_file.rs writes one
-    (header of offsets, metadata, flags, counts, no hashes, trailer)."""
-    header_len = 8 + 4 + 4 + 8 * 8
-    meta_off, meta_len = header_len, len(meta_json)
-    flags_off = meta_off + meta_len
-    counts_off = flags_off + 8 * pages
-    total = counts_off + 8 * pages + 8
-    head = b"DDXAGNT1" + struct.pack("<II", 1, 4096)
-    head += struct.pack("<8Q", pages, meta_off, meta_len, flags_off, counts_off, 0, 0, total)
-    path.write_bytes(head + meta_json + bytes(16 * pages) + b"DDXEND!!")
+    """A dedupx-agent file with this metadata and no hashes (fake_qga.agent_file_bytes)."""
+    path.write_bytes(agent_file_bytes(meta_json, pages))
     return path
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 import click
@@ -95,8 +96,40 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         sys.exit(1)
 
 
+# --agent-binary: what it does, for scan, analyze and report alike.
+AGENT_BINARY_HELP = (
+    "With --qga: copy this static dedupx-agent (make agent) into the guest through its "
+    "guest agent, run it there as root and read its file back, so that the guest's view "
+    "has page hashes too; no initramfs to rebuild. It may run 60 s plus 240 s per GiB of "
+    "guest RAM (it hashes all of it); its files in the guest are removed. Without this "
+    "option dedupx never writes into a guest. Default: $DEDUPX_AGENT."
+)
+
+
+def agent_binary_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--agent-binary",
+        "agent_binary",
+        envvar="DEDUPX_AGENT",
+        type=click.Path(dir_okay=False),
+        metavar="PATH",
+        help=AGENT_BINARY_HELP,
+    )(f)
+
+
+def check_agent_binary(agent_binary: str | None, qga: bool) -> None:
+    """--agent-binary given on the command line without --qga is a mistake; from
+    $DEDUPX_AGENT it only waits for a --qga."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("agent_binary") if ctx else None
+    if agent_binary and not qga and source == click.core.ParameterSource.COMMANDLINE:
+        raise UsageError("--agent-binary runs the agent through --qga: give --qga too")
+
+
 def guest_view_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--guest PID=FILE and --qga PID=SOCKET: a guest's own view, for analyze and report."""
+    """--guest PID=FILE, --qga PID=SOCKET and --agent-binary: a guest's own view, for
+    analyze and report."""
+    f = agent_binary_option(f)
     f = click.option(
         "--qga",
         "qga_sockets",
@@ -155,8 +188,10 @@ def main() -> None:
     "--qga",
     "qga_socket",
     type=click.Path(dir_okay=False),
-    help="For a QEMU process: its guest agent's socket, to read the guest's page flags.",
+    help="For a QEMU process: its guest agent's socket, to read the guest's page flags "
+    "(and hashes, with --agent-binary).",
 )
+@agent_binary_option
 @click.option(
     "--qmp",
     "qmp_socket",
@@ -179,6 +214,7 @@ def scan_cmd(
     proc_root: str,
     guest_file: str | None,
     qga_socket: str | None,
+    agent_binary: str | None,
     qmp_socket: str | None,
     ept_file: str | None,
 ) -> None:
@@ -193,6 +229,7 @@ def scan_cmd(
     def work() -> None:
         if guest_file and qga_socket:
             raise UsageError("give --guest or --qga, not both")
+        check_agent_binary(agent_binary, bool(qga_socket))
         started = time.monotonic()
         with progress_bar(not quiet) as update:
             if pid is None:
@@ -207,7 +244,7 @@ def scan_cmd(
         view = (
             read_guest_agent(guest_file)
             if guest_file
-            else read_guest_qga(qga_socket)
+            else read_guest_qga(qga_socket, agent=agent_binary)
             if qga_socket
             else None
         )
@@ -501,6 +538,7 @@ def analyze_cmd(
     top: int,
     guest_files: tuple[str, ...],
     qga_sockets: tuple[str, ...],
+    agent_binary: str | None,
 ) -> None:
     """Analyse a saved snapshot: footprint per process and per group (each VM, containers
     by cgroup, other host processes), host-wide duplicates by kind with KSM's reach, the
@@ -513,7 +551,7 @@ def analyze_cmd(
     with other containers)."""
 
     def work() -> None:
-        guests = parse_guest_specs(guest_files, qga_sockets)
+        guests = parse_guest_specs(guest_files, qga_sockets, agent_binary)
         report = snapshot_report(open_snapshot(snapshot_dir), top=top, guests=guests)
         if as_json:
             click.echo(json.dumps(report, default=str))
@@ -645,6 +683,7 @@ def report_cmd(
     top: int,
     guest_files: tuple[str, ...],
     qga_sockets: tuple[str, ...],
+    agent_binary: str | None,
     threads: int,
     quiet: bool,
 ) -> None:
@@ -658,7 +697,7 @@ def report_cmd(
     def work() -> None:
         if not (output or png_dir or svg_dir):
             raise UsageError("give -o FILE.html, --png DIR or --svg DIR")
-        guests = parse_guest_specs(guest_files, qga_sockets)
+        guests = parse_guest_specs(guest_files, qga_sockets, agent_binary)
         if target.isdigit():
             with progress_bar(not quiet) as update:
                 result = scan(int(target), threads=threads, progress=update)
@@ -687,13 +726,15 @@ def report_cmd(
 
 
 def parse_guest_specs(
-    guest_files: tuple[str, ...], qga_sockets: tuple[str, ...]
+    guest_files: tuple[str, ...], qga_sockets: tuple[str, ...], agent_binary: str | None = None
 ) -> dict[int, GuestView]:
-    """--guest PID=FILE and --qga PID=SOCKET, read into each guest's own view."""
+    """--guest PID=FILE and --qga PID=SOCKET, read into each guest's own view; with
+    --agent-binary, dedupx-agent runs in each --qga guest."""
+    check_agent_binary(agent_binary, bool(qga_sockets))
     guests: dict[int, GuestView] = {}
     for option, specs, read in (
         ("--guest", guest_files, read_guest_agent),
-        ("--qga", qga_sockets, read_guest_qga),
+        ("--qga", qga_sockets, partial(read_guest_qga, agent=agent_binary)),
     ):
         for spec in specs:
             pid, sep, path = spec.partition("=")

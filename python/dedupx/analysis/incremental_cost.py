@@ -25,6 +25,7 @@ from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline, main_ram_blocks, with_host_frames
+from dedupx.sources.guest_view import GuestView
 
 
 def guest_ram_map(f: Frames, pid: int) -> pl.DataFrame:
@@ -71,16 +72,37 @@ def main_blocks(f: Frames, pid: int) -> list[str]:
     return main_ram_blocks(parse_qemu_cmdline(list(argv[0]) if argv.len() else []))
 
 
+def told_frames(
+    pid: int, guest: GuestView | None, guest_frames: pl.DataFrame | None
+) -> pl.DataFrame | None:
+    """What the guest says of its pages, from its view (``guest``, as read_guest_agent or
+    read_guest_qga give it) or as a ``guest_frames`` frame: one of them, or neither."""
+    if guest is not None and guest_frames is not None:
+        raise UsageError("give guest= or guest_frames=, not both")
+    if guest is not None and not isinstance(guest, GuestView):
+        raise UsageError(
+            f"guest= takes a GuestView (dedupx.read_guest_agent or read_guest_qga), "
+            f"not {type(guest).__name__}"
+        )
+    return guest.guest_frames(pid) if guest is not None else guest_frames
+
+
 def uss_breakdown(
-    data: Frames | HasFrames, pid: int, guest_frames: pl.DataFrame | None = None
+    data: Frames | HasFrames,
+    pid: int,
+    guest_frames: pl.DataFrame | None = None,
+    *,
+    guest: GuestView | None = None,
 ) -> dict[str, Any]:
     """The guest's USS as it stands, by cause. ``pages``: the guest's exclusive PFNs;
     ``qemu_pages`` and ``guest_ram_pages`` of them; ``guest_ram_by_block``;
-    ``guest_ram_by_class`` (from ``guest_frames``' ``class`` column by gfn, "not told"
-    where the guest said nothing) and ``guest_not_backed`` (guest pages
+    ``guest_ram_by_class`` (by what the guest says of each page: from its view ``guest``
+    or from ``guest_frames``' ``class`` column by gfn, "not told" where the guest said
+    nothing) and ``guest_not_backed`` (guest pages
     with no host page at all); ``unique_contents`` (distinct contents found nowhere else).
     The guest map is the capture's (``Frames.with_gpa_map``) or made from its command line.
     """
+    guest_frames = told_frames(pid, guest, guest_frames)
     f = as_frames(data)
     gm = guest_ram_map(f, pid)
     assert f.pages is not None
@@ -199,6 +221,7 @@ def incremental_cost(
     pid: int,
     guest_frames: pl.DataFrame | None = None,
     *,
+    guest: GuestView | None = None,
     policy: str = "ksm",
     max_sharing: int | None = None,
     zero_pages_free: bool | None = None,
@@ -206,8 +229,10 @@ def incremental_cost(
     """What guest ``pid`` costs given everything else in the capture, once ``policy``
     (``none``, ``ksm`` as configured on this host, ``perfect``) has merged what it can:
     ``pages`` (and ``mib``), split ``by_part`` (guest RAM, QEMU heap, stacks, libraries,
-    ...), guest RAM ``by_block`` and, with ``guest_frames``, ``by_class`` (what the guest
-    says of each page: anon, file, free, kernel, or "not told")."""
+    ...), guest RAM ``by_block`` and, with the guest's view ``guest`` (or its
+    ``guest_frames``), ``by_class`` (what the guest says of each page: anon, file, free,
+    kernel, or "not told")."""
+    guest_frames = told_frames(pid, guest, guest_frames)
     if policy not in ("none", "ksm", "perfect"):
         raise UsageError(f"policy must be none, ksm or perfect, not {policy!r}")
     f = as_frames(data)

@@ -36,10 +36,9 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
             r["ram"] = describe_ram(parse_qemu_cmdline(list(argv)), vmas)
         view = (guests or {}).get(pid)
         r["dedup_matrix"] = dedup_matrix(f, pid).to_dicts()
-        told = view.guest_frames(pid) if view else None
         try:
-            r["uss"] = uss_breakdown(f, pid, guest_frames=told)
-            r["incremental_cost"] = incremental_cost(f, pid, guest_frames=told)
+            r["uss"] = uss_breakdown(f, pid, guest=view)
+            r["incremental_cost"] = incremental_cost(f, pid, guest=view)
             r["devices"] = device_costs(f, pid).to_dicts()
         except DedupxError as e:
             r["incremental_cost_error"] = str(e)

@@ -8,8 +8,10 @@ the guest could read the page (dedupx-agent only), and its ``class`` by the gues
 from __future__ import annotations
 
 import array
+import dataclasses
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,17 @@ from typing import Any
 import polars as pl
 
 from dedupx import _dedupx
-from dedupx.exceptions import CorruptAgentFile, ProcParseError, QmpError
+from dedupx.exceptions import (
+    CorruptAgentFile,
+    DedupxError,
+    DedupxIOError,
+    ProcParseError,
+    QmpError,
+    UsageError,
+)
 from dedupx.model.page_classes import guest_class
 from dedupx.qemu.qga import Qga
+from dedupx.sources.agent_via_qga import agent_file_cap, agent_seconds, run_agent
 
 # The cap on a text file read through the agent (meminfo is a few KiB).
 TEXT_CAP = 1 << 20
@@ -114,39 +124,51 @@ def _kpage_cap(mem_total_kb: int | None, max_guest_ram: int) -> int:
     return 8 * ((ram + (4 << 30)) // 4096)
 
 
+def _text(q: Qga, name: str) -> str:
+    try:
+        return q.read_file(name, max_bytes=TEXT_CAP).decode()
+    except UnicodeDecodeError:
+        raise q.fail(f"the guest's {name} is not UTF-8 text") from None
+
+
+def _meminfo(q: Qga) -> dict[str, int]:
+    try:
+        return _meminfo_kb(_text(q, "/proc/meminfo"))
+    except ProcParseError as e:
+        raise q.fail(f"the guest's /proc/meminfo: {e}") from None
+
+
 def read_guest_qga(
-    path: str | os.PathLike[str], timeout: float = 30.0, max_guest_ram: int = 64 << 30
+    path: str | os.PathLike[str],
+    timeout: float = 30.0,
+    max_guest_ram: int = 64 << 30,
+    agent: str | os.PathLike[str] | None = None,
+    agent_timeout: float | None = None,
 ) -> GuestView:
     """The guest's page flags and counts, meminfo (just before and just after) and MGLRU
     state, read through its QEMU guest agent (the agent's file commands, as root in the
-    guest); a ``GuestView`` without hashes (those need dedupx-agent).
+    guest); a ``GuestView`` without hashes.
+
+    With ``agent`` (the static dedupx-agent binary), that binary is copied into the guest
+    and run there instead, and its file read back: the view then has kcore page hashes
+    too, as ``read_guest_agent`` gives (dedupx.sources.agent_via_qga). It may run
+    ``agent_timeout`` seconds, by default 60 plus 240 per GiB of guest RAM.
 
     The guest controls the agent, so each agent call must finish within ``timeout``
     seconds and the page arrays are capped at what ``max_guest_ram`` bytes of RAM need;
     whatever the guest does wrong raises ``QmpError`` naming the socket."""
     sock = Path(path)
+    if agent is not None:
+        return _read_via_agent(sock, Path(agent), timeout, max_guest_ram, agent_timeout)
     with Qga(sock, timeout=timeout) as q:
-
-        def text(name: str) -> str:
-            try:
-                return q.read_file(name, max_bytes=TEXT_CAP).decode()
-            except UnicodeDecodeError:
-                raise q.fail(f"the guest's {name} is not UTF-8 text") from None
-
-        def meminfo() -> dict[str, int]:
-            try:
-                return _meminfo_kb(text("/proc/meminfo"))
-            except ProcParseError as e:
-                raise q.fail(f"the guest's /proc/meminfo: {e}") from None
-
-        kernel = text("/proc/sys/kernel/osrelease").strip()
-        before = meminfo()
+        kernel = _text(q, "/proc/sys/kernel/osrelease").strip()
+        before = _meminfo(q)
         cap = _kpage_cap(before.get("MemTotal"), max_guest_ram)
         flags = q.read_file("/proc/kpageflags", max_bytes=cap)
         counts = q.read_file("/proc/kpagecount", max_bytes=cap)
-        after = meminfo()
+        after = _meminfo(q)
         try:
-            lru_gen: str | None = text("/sys/kernel/mm/lru_gen/enabled").strip()
+            lru_gen: str | None = _text(q, "/sys/kernel/mm/lru_gen/enabled").strip()
         except QmpError:
             if q.broken:  # the channel failed, not just a kernel without MGLRU
                 raise
@@ -171,6 +193,36 @@ def read_guest_qga(
         "hash_source": None,
     }
     return GuestView(sock, meta, frames)
+
+
+def _read_via_agent(
+    sock: Path, agent: Path, timeout: float, max_guest_ram: int, seconds: float | None
+) -> GuestView:
+    """dedupx-agent run in the guest through its guest agent, its file parsed here."""
+    try:
+        binary = agent.read_bytes()
+    except OSError as e:
+        raise DedupxIOError(f"cannot read the agent binary {agent}: {e.strerror or e}") from None
+    if not binary.startswith(b"\x7fELF"):
+        raise UsageError(f"{agent} is not a program (ELF): give the static dedupx-agent")
+    with Qga(sock, timeout=timeout) as q:
+        mem_total = _meminfo(q).get("MemTotal")
+        ram = max_guest_ram if mem_total is None else min(mem_total << 10, max_guest_ram)
+        cap = agent_file_cap(_kpage_cap(mem_total, max_guest_ram))
+        try:
+            with tempfile.NamedTemporaryFile(prefix="dedupx-agent-", suffix=".ddx") as local:
+                run_agent(q, binary, local, cap, seconds or agent_seconds(ram))
+                local.flush()
+                try:
+                    view = read_guest_agent(local.name)
+                except CorruptAgentFile as e:
+                    detail = str(e).replace(local.name, "its file")
+                    raise CorruptAgentFile(f"dedupx-agent run through {sock}: {detail}") from None
+        except DedupxError:
+            raise
+        except OSError as e:  # this host's temporary directory, not the guest
+            raise DedupxIOError(f"cannot keep dedupx-agent's file: {e.strerror or e}") from None
+    return dataclasses.replace(view, path=sock)
 
 
 __all__ = ["GuestView", "read_guest_agent", "read_guest_qga"]
