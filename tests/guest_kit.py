@@ -45,7 +45,29 @@ BUSYBOX = Path("/bin/busybox")
 # MiB of seeded pseudo-random data in /payload.bin, so that guests of different variants
 # hold memory the others do not. The file stays in the initramfs root (a tmpfs): copying it
 # elsewhere would leave a second, stale copy in freed guest pages.
-VARIANT_PAYLOAD_MIB = {"a": 0, "b": 8, "agent": 0, "fill": 0, "qga": 0, "qga-agent": 0}
+VARIANT_PAYLOAD_MIB = {
+    "a": 0,
+    "b": 8,
+    "agent": 0,
+    "fill": 0,
+    "qga": 0,
+    "qga-agent": 0,
+    "hostfiles": 0,
+}
+# The "hostfiles" variant carries copies of these host libraries (those that exist) in its
+# initramfs root, a tmpfs: the guest then holds their pages, page for page. None of them is
+# one QEMU links: a page QEMU maps itself would count within the guest's own row.
+HOST_FILES = (
+    "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0",
+    "/usr/lib/x86_64-linux-gnu/libexpat.so.1",
+    "/usr/lib/x86_64-linux-gnu/libbz2.so.1.0",
+)
+
+
+def host_files() -> list[Path]:
+    return [Path(p).resolve() for p in HOST_FILES if Path(p).exists()]
+
+
 # The variants that carry dedupx-agent in their initramfs.
 AGENT_VARIANTS = ("agent", "qga-agent")
 
@@ -220,6 +242,9 @@ def guest_assets(
         ]
     if variant == "fill":
         extra = [("etc/rc.local", 0o100755, FILL_RC.encode(), 0)]
+    if variant == "hostfiles":
+        extra = [(f"hostfiles/{p.name}", 0o100644, p.read_bytes(), 0) for p in host_files()]
+        extra.insert(0, ("hostfiles", 0o040755, b"", 0))
     if variant == "qga":
         extra = [
             *_virtio_entries(cache_dir, kernel),

@@ -11,10 +11,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import polars as pl
 import pytest
 
 import dedupx
+from guest_kit import Guest, ensure_packages, guest_assets, host_files
 from helpers import PAGE, LayoutProcess, start_layout, stop
 
 COPIES = 300  # pages of the fixture that copy pages of the cached file
@@ -83,13 +85,18 @@ def copier(page_layout_bin: Path, tmp_path: Path, cached_file: Path) -> Iterator
         stop(lp.proc)
 
 
-def file_hashes(path: Path) -> set[bytes]:
-    """dedupx's hash (BLAKE3, first 16 bytes) of each page of ``path``, computed in another
-    process: bytes the test held would be host copies of the pages."""
+ZERO_HASH = blake3.blake3(bytes(PAGE)).digest()[:16]
+
+
+def file_hashes(path: Path, whole_pages: bool = False) -> set[bytes]:
+    """dedupx's hash (BLAKE3, first 16 bytes) of each page of ``path`` (with
+    ``whole_pages``, the full pages only), computed in another process: bytes the test held
+    would be host copies of the pages."""
+    end = f"len(d) // {PAGE} * {PAGE}" if whole_pages else "len(d)"
     code = (
         "import sys, blake3\n"
         "d = open(sys.argv[1], 'rb').read()\n"
-        f"for i in range(0, len(d), {PAGE}):\n"
+        f"for i in range(0, {end}, {PAGE}):\n"
         f"    print(blake3.blake3(d[i:i + {PAGE}]).digest()[:16].hex())\n"
     )
     out = subprocess.run(
@@ -148,3 +155,35 @@ def test_walk_reads_nothing_from_disk(cached_file: Path, tmp_path: Path) -> None
     print(f"{sum(before)} of {len(before)} pages cached before the walk, {sum(after)} after")
     assert after == before
     assert dedupx.open_snapshot(snap).provenance.manifest["scan"]["page_cache"]["pages_hashed"] > 0
+
+
+def test_guest_holding_host_files_shows_in_the_vm_host_cell(tmp_path: Path) -> None:
+    """A guest whose initramfs carries copies of host libraries holds their pages in its
+    RAM; the host's page cache holds the files. Against a twin without them, its host row's
+    anon/file cell grows by the libraries' distinct pages (computed from the files), within
+    1%."""
+    ensure_packages()
+    files = host_files()
+    if sum(p.stat().st_size for p in files) < 1 << 20:
+        pytest.skip("fewer than 1 MiB of the host libraries the test copies exist here")
+    want = set().union(*(file_hashes(p, whole_pages=True) for p in files))
+    want.discard(ZERO_HASH)
+    for p in files:  # cached, as a host that runs programs linked to them has them
+        subprocess.run(["cat", str(p)], check=True, stdout=subprocess.DEVNULL)
+    with (
+        Guest(guest_assets(variant="a"), mem_mib=256, name="plain", workdir=tmp_path) as a,
+        Guest(guest_assets(variant="hostfiles"), mem_mib=256, name="libs", workdir=tmp_path) as b,
+    ):
+        for g in (a, b):
+            g.stop()
+        snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap"))
+        cells = {}
+        for g in (a, b):
+            m = dedupx.dedup_matrix(snap, g.pid)
+            cells[g.name] = m.filter(pl.col("row") == "host")["anon_file"].item()
+    added = cells["libs"] - cells["plain"]
+    print(
+        f"VM-host anon/file: {cells['plain']:,} plain guest, {cells['libs']:,} with "
+        f"{len(files)} host libraries ({len(want):,} distinct pages): {added:,} more"
+    )
+    assert abs(added - len(want)) <= 0.01 * len(want)
