@@ -239,3 +239,20 @@ def test_guest_ram_mappings_and_their_backing() -> None:
     got = with_backing(layout, vmas)
     assert got["backing"].to_list() == ["hugetlb", "anon", None]
     assert got.columns == ["gpa", "hva", "backing"]
+
+
+def test_ram_bound_is_the_command_lines() -> None:
+    """What a guest can have by QEMU's word: -m, its maxmem, or the backends' sizes."""
+    from dedupx.qemu.cmdline import parse_qemu_cmdline, ram_bound
+
+    assert ram_bound(parse_qemu_cmdline(["qemu-system-x86_64", "-m", "512"])) == 512 << 20
+    hotplug = ["qemu-system-x86_64", "-m", "1G,slots=4,maxmem=8G"]
+    assert ram_bound(parse_qemu_cmdline(hotplug)) == 8 << 30
+    backed = [
+        "qemu-system-x86_64",
+        "-m",
+        "256",
+        "-object",
+        "memory-backend-memfd,id=m0,size=2G",
+    ]
+    assert ram_bound(parse_qemu_cmdline(backed)) == 2 << 30

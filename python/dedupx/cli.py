@@ -7,7 +7,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from typing import Any
 
 import click
@@ -25,7 +24,7 @@ from dedupx.exceptions import DedupxError, OutputError, UsageError
 from dedupx.fleet.cluster import client_for, fleet_on_dask
 from dedupx.fleet.inputs import expand as expand_inputs
 from dedupx.model.units import MIB, pages_to_mib
-from dedupx.qemu.guests import find_guests
+from dedupx.qemu.guests import find_guests, guest_ram_bound
 from dedupx.report.fleet import fleet_report, render_fleet, render_placement
 from dedupx.report.html import build_report, write_report
 from dedupx.report.process import process_report
@@ -53,6 +52,10 @@ STAGES = {
     "pages": "writing pages",
     "frames": "writing frames",
 }
+
+
+# What a guest may claim as RAM when its QEMU's command line cannot be read.
+MAX_GUEST_RAM = 64 << 30
 
 
 @contextmanager
@@ -244,7 +247,11 @@ def scan_cmd(
         view = (
             read_guest_agent(guest_file)
             if guest_file
-            else read_guest_qga(qga_socket, agent=agent_binary)
+            else read_guest_qga(
+                qga_socket,
+                agent=agent_binary,
+                max_guest_ram=guest_ram_bound(result.pid, MAX_GUEST_RAM),
+            )
             if qga_socket
             else None
         )
@@ -734,13 +741,22 @@ def parse_guest_specs(
     guests: dict[int, GuestView] = {}
     for option, specs, read in (
         ("--guest", guest_files, read_guest_agent),
-        ("--qga", qga_sockets, partial(read_guest_qga, agent=agent_binary)),
+        ("--qga", qga_sockets, None),
     ):
         for spec in specs:
             pid, sep, path = spec.partition("=")
             if not sep or not pid.isdigit():
                 raise UsageError(f"{option} takes PID=PATH, not {spec!r}")
-            guests[int(pid)] = read(path)
+            # A guest's RAM bounds what is read from it: by its QEMU's -m, not its word.
+            guests[int(pid)] = (
+                read(path)
+                if read is not None
+                else read_guest_qga(
+                    path,
+                    agent=agent_binary,
+                    max_guest_ram=guest_ram_bound(int(pid), MAX_GUEST_RAM),
+                )
+            )
     return guests
 
 

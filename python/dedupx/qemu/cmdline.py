@@ -38,6 +38,7 @@ class QemuConfig:
     name: str | None = None
     uuid: str | None = None
     mem_bytes: int = 128 << 20  # QEMU's default -m
+    max_mem_bytes: int | None = None  # -m ...,maxmem=: the most RAM hotplug can reach
     machine: str | None = None
     accel: str = "tcg"
     mem_merge: bool = True
@@ -46,6 +47,13 @@ class QemuConfig:
     drives: list[Path] = field(default_factory=list)
     mem_path: str | None = None  # the legacy -mem-path (a hugetlbfs mount, usually)
     mem_prealloc: bool = False  # -mem-prealloc, or prealloc=on on a memory backend
+
+
+def ram_bound(cfg: QemuConfig) -> int:
+    """The most RAM the guest can have, by QEMU's own command line (not by what the guest
+    says): -m, its maxmem, or the memory backends' sizes, whichever is largest."""
+    backends = sum(b.size or 0 for b in cfg.backends)
+    return max(cfg.mem_bytes, cfg.max_mem_bytes or 0, backends)
 
 
 def is_qemu(argv: list[str]) -> bool:
@@ -90,6 +98,7 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
     """Reads the options that matter to memory; unknown options are ignored."""
     name = machine = uuid = None
     mem = 128 << 20
+    max_mem: int | None = None
     accel = "tcg"
     merge = True
     qmp: list[Path] = []
@@ -120,7 +129,10 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
         elif opt == "uuid":
             uuid = val
         elif opt == "m":
-            mem = parse_size(parse_opts(val, "size").get("size", "128"))
+            m_opts = parse_opts(val, "size")
+            mem = parse_size(m_opts.get("size", "128"))
+            if "maxmem" in m_opts:
+                max_mem = parse_size(m_opts["maxmem"])
         elif opt in ("machine", "M"):
             o = parse_opts(val, "type")
             machine = o.get("type", machine)
@@ -172,6 +184,7 @@ def parse_qemu_cmdline(argv: list[str]) -> QemuConfig:
         name=name,
         uuid=uuid,
         mem_bytes=mem,
+        max_mem_bytes=max_mem,
         machine=machine,
         accel=accel,
         mem_merge=merge,

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from dedupx.exceptions import DedupxError, ProcessNotFound, QmpError
-from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline
+from dedupx.qemu.cmdline import QemuConfig, is_qemu, parse_qemu_cmdline, ram_bound
 from dedupx.qemu.gpa_map import GpaLayout, layout_frame, layout_from_cmdline, layout_from_qmp
 from dedupx.qemu.ram_backing import cmdline_ksm_barrier, hugetlbfs_mounts, with_backing
 
@@ -51,6 +51,13 @@ def read_argv(pid: int, proc_root: str = "/proc") -> list[str]:
     except FileNotFoundError:
         raise ProcessNotFound(f"no process with PID {pid}") from None
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def guest_ram_bound(pid: int, default: int, proc_root: str = "/proc") -> int:
+    """The most RAM the guest of QEMU process ``pid`` can have, by its command line (the
+    guest cannot lie about that), or ``default`` when ``pid`` is no QEMU process."""
+    argv = read_argv(pid, proc_root)
+    return ram_bound(parse_qemu_cmdline(argv)) if is_qemu(argv) else default
 
 
 def _rollup(pid: int, proc_root: str) -> tuple[int, int]:
