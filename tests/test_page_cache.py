@@ -109,12 +109,17 @@ def test_unmapped_page_cache_fills_the_host_row(
     cached_file: Path, copier: LayoutProcess, tmp_path: Path
 ) -> None:
     """Every page of a cached file nobody maps is hashed as host page cache with the walk,
-    none without; the fixture's copies of COPIES of them land in the host row's anon/file
-    cell (beside other host copies, such as a guest's copy of libc)."""
+    none without; the fixture's copies of COPIES of them (those still cached) land in the
+    host row's anon/file cell (beside other host copies, such as a guest's copy of libc)."""
     path = cached_file
     want = file_hashes(path)
     assert len(want) == FILE_PAGES and all(residency(path))
     with_cache = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "with"))
+    # The kernel may evict some of the file meanwhile (this host runs DAMON's proactive
+    # reclaim); the walk never reads a page back in, so what is still cached now was
+    # cached while it looked.
+    after = residency(path)
+    still, still_copies = sum(after), sum(after[:COPIES])
     without = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "without", page_cache=False))
     found = {}
     for name, snap in (("with", with_cache), ("without", without)):
@@ -123,11 +128,13 @@ def test_unmapped_page_cache_fills_the_host_row(
     host = dedupx.group_matrix(with_cache, [copier.pid]).filter(pl.col("row") == "host")
     print(
         f"file pages hashed as unmapped page cache: {found['with']} with the walk, "
-        f"{found['without']} without, of {FILE_PAGES}; host row anon/file "
+        f"{found['without']} without, of {FILE_PAGES} ({still} still cached after); host "
+        "row anon/file "
         f"{host['anon_file'].item()} ({COPIES} copies of the file)"
     )
-    assert found == {"with": FILE_PAGES, "without": 0}
-    assert host["anon_file"].item() >= COPIES
+    assert still <= found["with"] <= FILE_PAGES and found["without"] == 0
+    assert found["with"] >= 0.9 * FILE_PAGES
+    assert host["anon_file"].item() >= still_copies
     cov = with_cache.provenance.coverage
     walk = with_cache.provenance.manifest["scan"]["page_cache"]
     print(f"coverage by source {cov['hashed_by_source']}; walk {walk}")
@@ -136,8 +143,8 @@ def test_unmapped_page_cache_fills_the_host_row(
 
 
 def test_walk_reads_nothing_from_disk(cached_file: Path, tmp_path: Path) -> None:
-    """With the file evicted and every third page read back, the walk leaves the file's
-    residency as it found it: no page it did not hold is brought in."""
+    """With the file evicted and every third page read back, the walk brings in no page of
+    the file that was not cached (the kernel may evict some meanwhile: that is allowed)."""
     path = cached_file
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,7 +160,9 @@ def test_walk_reads_nothing_from_disk(cached_file: Path, tmp_path: Path) -> None
     snap = dedupx.snapshot(tmp_path / "s")
     after = residency(path)
     print(f"{sum(before)} of {len(before)} pages cached before the walk, {sum(after)} after")
-    assert after == before
+    brought_in = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a and not b]
+    assert brought_in == []
+    assert sum(after) >= 0.9 * sum(before)  # the walk itself evicts nothing
     assert dedupx.open_snapshot(snap).provenance.manifest["scan"]["page_cache"]["pages_hashed"] > 0
 
 
