@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import polars as pl
 
 import dedupx
@@ -24,6 +25,8 @@ from dedupx.analysis.guest_memory import lru_pages
 from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED, KPF_ZERO_PAGE
 
 PAGE = 4096
+# dedupx's hash (first 16 bytes of BLAKE3) of a zero-filled page.
+ZERO_HASH = blake3.blake3(bytes(PAGE)).digest()[:16]
 FIXTURES = Path(__file__).parent / "fixtures"
 # The guest's lists move a little between meminfo and the flags (the agent's own pages
 # among them): each list must lie within its meminfo values read just before and just after
@@ -315,4 +318,20 @@ def elf_headers(loads: list[tuple[int, int, int, int, int]]) -> bytes:
     return bytes(ehdr) + b"".join(
         struct.pack("<IIQQQQQQ", 1, 4, offset, vaddr, paddr, filesz, memsz, PAGE)
         for vaddr, paddr, offset, filesz, memsz in loads
+    )
+
+
+def guest_ram_hashes(pid: int) -> pl.DataFrame:
+    """gfn, hash of each page of guest ``pid``'s main RAM as the host reads it (a page the
+    guest never touched is not there: it reads as zeros)."""
+    scan = dedupx.scan(pid)
+    return (
+        scan.guest_map()
+        .filter(pl.col("block") == "pc.ram")
+        .join(
+            scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash"),
+            on="hva",
+            how="left",
+        )
+        .select((pl.col("gpa") // PAGE).alias("gfn"), pl.col("hash").fill_null(ZERO_HASH))
     )

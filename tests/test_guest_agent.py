@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import blake3
 import polars as pl
 import pytest
 
@@ -14,10 +13,7 @@ import dedupx
 from dedupx.analysis.guest_memory import inactive_bloat
 from dedupx.exceptions import CorruptAgentFile
 from guest_kit import Guest, agent_port_args, ensure_packages, guest_assets
-from helpers import assert_lru_within_meminfo, run_cli
-
-PAGE = 4096
-ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
+from helpers import assert_lru_within_meminfo, guest_ram_hashes, run_cli
 
 
 def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
@@ -36,17 +32,7 @@ def test_agent_in_guest(agent_binary: Path, tmp_path: Path) -> None:
         assert_lru_within_meminfo(view)
 
         # The guest's view of each guest-physical page against the host's.
-        scan = dedupx.scan(g.pid)
-        host = (
-            scan.guest_map()
-            .filter(pl.col("block") == "pc.ram")
-            .join(
-                scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash"),
-                on="hva",
-                how="left",
-            )
-            .select((pl.col("gpa") // PAGE).alias("gfn"), pl.col("hash").fill_null(ZERO))
-        )
+        host = guest_ram_hashes(g.pid)
         both = host.join(
             view.frames.filter(pl.col("hash").is_not_null()).select("gfn", "hash"),
             on="gfn",

@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import blake3
 import polars as pl
 import pytest
 
@@ -17,10 +16,8 @@ import dedupx
 from dedupx.exceptions import QmpError
 from dedupx.qemu.qga import Qga
 from guest_kit import Guest, agent_port_args, ensure_packages, guest_assets, qga_args
-from helpers import assert_lru_within_meminfo, run_cli
+from helpers import PAGE, ZERO_HASH, assert_lru_within_meminfo, guest_ram_hashes, run_cli
 
-PAGE = 4096
-ZERO = blake3.blake3(bytes(PAGE)).digest()[:16]
 # The guest runs on while its two views are taken (QGA must answer, so it cannot be
 # paused): pages may change in between (the agents' own buffers and files, freed pages
 # reused). Classes, and hashes of the pages that held still, agree within 1%.
@@ -72,22 +69,6 @@ def class_counts(view: dedupx.GuestView) -> dict[str, int]:
     return dict(view.frames.group_by("class").len().iter_rows())
 
 
-def host_hashes(pid: int) -> pl.DataFrame:
-    """gfn, hash of each page of the guest's RAM as the host reads it (a page the guest
-    never touched is not there: it reads as zeros)."""
-    scan = dedupx.scan(pid)
-    return (
-        scan.guest_map()
-        .filter(pl.col("block") == "pc.ram")
-        .join(
-            scan.pages.filter(pl.col("present")).select(pl.col("vaddr").alias("hva"), "hash"),
-            on="hva",
-            how="left",
-        )
-        .select((pl.col("gpa") // PAGE).alias("gfn"), pl.col("hash").fill_null(ZERO))
-    )
-
-
 def test_agent_through_qga_matches_virtio_serial(agent_binary: Path, tmp_path: Path) -> None:
     """One command (scan --qga --agent-binary) gives the guest's classes and hashes
     through QGA alone, checked against the agent file the same guest wrote at boot over
@@ -108,7 +89,7 @@ def test_agent_through_qga_matches_virtio_serial(agent_binary: Path, tmp_path: P
             assert "DEDUPX-AGENT-DONE rc=0" in g.serial_text(), g.serial_text()[-2000:]
             ref = dedupx.read_guest_agent(reference)
             assert ref.meta["hash_source"] == "kcore", ref.meta.get("hash_error")
-            before = host_hashes(g.pid)
+            before = guest_ram_hashes(g.pid)
 
             started = time.monotonic()
             view = dedupx.read_guest_qga(sock, agent=agent_binary)
@@ -133,7 +114,7 @@ def test_agent_through_qga_matches_virtio_serial(agent_binary: Path, tmp_path: P
             with Qga(sock) as q:
                 listing = q.run("ls", ["-a", "/tmp", "/var/tmp", "/root"]).stdout.decode()
             g.stop()
-            after = host_hashes(g.pid)
+            after = guest_ram_hashes(g.pid)
             g.cont()
             steady = before.join(after, on="gfn", suffix="_after").filter(
                 pl.col("hash") == pl.col("hash_after")
@@ -147,7 +128,7 @@ def test_agent_through_qga_matches_virtio_serial(agent_binary: Path, tmp_path: P
             off = both.filter(pl.col("qga") != pl.col("host"))
             vs_host = off.height
             off_by = off.join(view.frames.select("gfn", "class", "mapcount"), on="gfn")
-            off_by = off_by.with_columns(pl.col("host") == ZERO, pl.col("qga") == ZERO)
+            off_by = off_by.with_columns(pl.col("host") == ZERO_HASH, pl.col("qga") == ZERO_HASH)
             off_by = off_by.group_by("class", "host", "qga").len().rows()
             vs_serial = both.filter(pl.col("qga") != pl.col("serial")).height
             all_hashed = view.frames.join(ref.frames, on="gfn", suffix="_ref").filter(

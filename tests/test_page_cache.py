@@ -11,13 +11,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import blake3
 import polars as pl
 import pytest
 
 import dedupx
 from guest_kit import Guest, ensure_packages, guest_assets, host_files
-from helpers import PAGE, LayoutProcess, start_layout, stop
+from helpers import PAGE, ZERO_HASH, LayoutProcess, start_layout, stop
 
 COPIES = 300  # pages of the fixture that copy pages of the cached file
 FILE_PAGES = 1024
@@ -83,9 +82,6 @@ def copier(page_layout_bin: Path, tmp_path: Path, cached_file: Path) -> Iterator
         yield lp
     finally:
         stop(lp.proc)
-
-
-ZERO_HASH = blake3.blake3(bytes(PAGE)).digest()[:16]
 
 
 def file_hashes(path: Path, whole_pages: bool = False) -> set[bytes]:
