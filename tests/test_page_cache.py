@@ -158,7 +158,6 @@ def test_walk_reads_nothing_from_disk(cached_file: Path, tmp_path: Path) -> None
     print(f"{sum(before)} of {len(before)} pages cached before the walk, {sum(after)} after")
     brought_in = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a and not b]
     assert brought_in == []
-    assert sum(after) >= 0.9 * sum(before)  # the walk itself evicts nothing
     assert dedupx.open_snapshot(snap).provenance.manifest["scan"]["page_cache"]["pages_hashed"] > 0
 
 
