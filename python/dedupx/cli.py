@@ -24,6 +24,7 @@ from dedupx.exceptions import DedupxError, OutputError, UsageError
 from dedupx.fleet.cluster import client_for, fleet_on_dask
 from dedupx.fleet.inputs import expand as expand_inputs
 from dedupx.model.units import MIB, pages_to_mib
+from dedupx.qemu.cmdline import parse_qemu_cmdline, ram_bound
 from dedupx.qemu.guests import find_guests, guest_ram_bound
 from dedupx.report.fleet import fleet_report, render_fleet, render_placement
 from dedupx.report.html import build_report, write_report
@@ -250,7 +251,9 @@ def scan_cmd(
             else read_guest_qga(
                 qga_socket,
                 agent=agent_binary,
-                max_guest_ram=guest_ram_bound(result.pid, MAX_GUEST_RAM),
+                max_guest_ram=ram_bound(parse_qemu_cmdline(result.cmdline))
+                if result.is_guest
+                else MAX_GUEST_RAM,
             )
             if qga_socket
             else None

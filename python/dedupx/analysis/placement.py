@@ -132,11 +132,16 @@ def local_search(
     return where
 
 
-def _move_gain(p: Placement, v: int, where: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per host, the pages saved more if VM ``v`` alone moved there (its own host: 0)."""
+def _move_gain(
+    p: Placement, v: int, where: np.ndarray, counts: np.ndarray, hosts: list[int] | None = None
+) -> np.ndarray:
+    """Per host (of ``hosts``, else of all, its own counting 0), the pages saved more if VM
+    ``v`` alone moved there."""
     c = p.contents[v]
-    gain = (counts[:, c] > 0).sum(axis=1) - int((counts[where[v], c] > 1).sum())
-    gain[where[v]] = 0
+    to = counts if hosts is None else counts[hosts]
+    gain = (to[:, c] > 0).sum(axis=1) - int((counts[where[v], c] > 1).sum())
+    if hosts is None:
+        gain[where[v]] = 0
     return gain
 
 
@@ -193,15 +198,8 @@ def _swaps(
                     if where[u] in (a, b):
                         gains[u] = _move_gain(p, u, where, counts)
                     else:
-                        gains[u, [a, b]] = _move_gain_to(p, u, where, counts, [a, b])
+                        gains[u, [a, b]] = _move_gain(p, u, where, counts, [a, b])
     return swapped
-
-
-def _move_gain_to(
-    p: Placement, v: int, where: np.ndarray, counts: np.ndarray, hosts: list[int]
-) -> np.ndarray:
-    c = p.contents[v]
-    return (counts[hosts][:, c] > 0).sum(axis=1) - int((counts[where[v], c] > 1).sum())
 
 
 def _swap_gain(cv: np.ndarray, cw: np.ndarray, on_a: np.ndarray, on_b: np.ndarray) -> int:

@@ -68,11 +68,13 @@ pub fn cached_pages(path: &Path, proc_root: &Path) -> Result<CachedPages> {
         source,
     };
     let file = open_for_cache(path).map_err(io)?;
-    cached_pages_of(&file, path, proc_root)
+    let own = Pagemap::open(proc_root, std::process::id())?;
+    cached_pages_of(&file, path, &own)
 }
 
-/// The cached pages of the open `file` (named `path` in errors).
-pub fn cached_pages_of(file: &File, path: &Path, proc_root: &Path) -> Result<CachedPages> {
+/// The cached pages of the open `file` (named `path` in errors); `own` is dedupx's own
+/// pagemap, which gives the PFNs of the pages it maps.
+pub fn cached_pages_of(file: &File, path: &Path, own: &Pagemap) -> Result<CachedPages> {
     let io = |source| ScanError::Io {
         path: path.to_path_buf(),
         source,
@@ -84,11 +86,10 @@ pub fn cached_pages_of(file: &File, path: &Path, proc_root: &Path) -> Result<Cac
         file_pages: pages as u64,
         ..Default::default()
     };
-    let pagemap = Pagemap::open(proc_root, std::process::id())?;
     let mut first = 0;
     while first < pages {
         let n = WINDOW_PAGES.min(pages - first);
-        cached_window(file, first, n, &pagemap, &mut out).map_err(io)?;
+        cached_window(file, first, n, own, &mut out).map_err(io)?;
         first += n;
     }
     Ok(out)

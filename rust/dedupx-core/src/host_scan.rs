@@ -85,7 +85,7 @@ pub struct HostScan {
     /// The pages dedupx maps itself, whose map counts are lowered (see [`crate::observer`]).
     pub own: OwnPages,
     /// Unmapped page-cache pages hashed through files (see
-    /// [`crate::host_snapshot::add_cached_files`]), sorted by PFN.
+    /// [`crate::host_snapshot::read_cached_files`] and the page-cache walk), sorted by PFN.
     pub file_cache: Vec<(u64, PageHash)>,
     pub stats: HostStats,
 }

@@ -59,22 +59,21 @@ impl HostSnapshot {
             .unwrap_or_else(|| proc_root.join("iomem"));
         let ram_bytes = read_system_ram(&iomem)?;
         let mut scan = scan_host(&opts.scan, progress)?;
-        let cached_files = add_cached_files(&mut scan, &opts.cached_files);
+        let (cached_files, mut found) = read_cached_files(&scan, &opts.cached_files);
         let (phys, phys_notes) =
             choose_physical(opts.phys.as_deref(), proc_root, &opts.dev_root, &ram_bytes)?;
         let page_cache = if opts.page_cache && phys.is_none() {
             let mountinfo =
                 fs::read_to_string(proc_root.join("self/mountinfo")).unwrap_or_default();
             let mounts = local_mounts(&mountinfo);
-            let mut found: Vec<(u64, PageHash)> = Vec::new();
             let report = walk_page_cache(&mounts, proc_root, progress, |pages| {
                 found.extend(pages.iter().map(|&(_, pfn, h)| (pfn, h)))
             })?;
-            add_cached_pages(&mut scan, found);
             Some(report)
         } else {
             None
         };
+        add_cached_pages(&mut scan, found);
         let ram = ram_bytes
             .iter()
             .map(|&(a, b)| (a.div_ceil(PAGE), b / PAGE))
@@ -96,10 +95,13 @@ impl HostSnapshot {
     }
 }
 
-/// Hashes the cached pages of `files` that no process maps (their PFNs are otherwise
-/// invisible without /proc/kcore). Returns per file its cached and total pages, or why
-/// it could not be read.
-pub fn add_cached_files(scan: &mut HostScan, files: &[PathBuf]) -> Vec<CachedFileReport> {
+/// Hashes the cached pages of `files` (their PFNs are otherwise invisible without
+/// /proc/kcore). Returns per file its cached and total pages, or why it could not be read,
+/// and the pages found (PFN, hash), for [`add_cached_pages`].
+pub fn read_cached_files(
+    scan: &HostScan,
+    files: &[PathBuf],
+) -> (Vec<CachedFileReport>, Vec<(u64, PageHash)>) {
     let mut report = Vec::new();
     let mut found = Vec::new();
     for path in files {
@@ -111,13 +113,12 @@ pub fn add_cached_files(scan: &mut HostScan, files: &[PathBuf]) -> Vec<CachedFil
             Err(e) => report.push((path.clone(), Err(e.to_string()))),
         }
     }
-    add_cached_pages(scan, found);
-    report
+    (report, found)
 }
 
 /// Adds cached pages (PFN, hash) that no process maps to the scan's page-cache frames,
 /// each PFN once.
-fn add_cached_pages(scan: &mut HostScan, found: Vec<(u64, PageHash)>) {
+pub fn add_cached_pages(scan: &mut HostScan, found: Vec<(u64, PageHash)>) {
     let mapped = &scan.pfns;
     scan.file_cache.extend(
         found

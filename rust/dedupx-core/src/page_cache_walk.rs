@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::file_cache::{cached_pages_of, open_for_cache};
 use crate::page_hash::PageHash;
+use crate::pagemap::Pagemap;
 use crate::proc_escape::unescape_octal;
 use crate::stages::{check, Interrupted, Progress};
 
@@ -133,6 +134,10 @@ pub fn walk_page_cache(
         ..Default::default()
     };
     let total: u64 = mounts.iter().map(|m| used_inodes(m)).sum();
+    let Ok(own) = Pagemap::open(proc_root, std::process::id()) else {
+        report.unreadable += 1;
+        return Ok(report);
+    };
     for mount in mounts {
         let Ok(meta) = fs::symlink_metadata(mount) else {
             report.unreadable += 1;
@@ -176,7 +181,7 @@ pub fn walk_page_cache(
                 if cachestat(&file) == Some(0) {
                     continue;
                 }
-                match cached_pages_of(&file, &path, proc_root) {
+                match cached_pages_of(&file, &path, &own) {
                     Ok(c) => {
                         let n = c.pages.len() as u64 + c.vanished;
                         if n > 0 {
