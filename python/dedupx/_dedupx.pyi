@@ -5,6 +5,7 @@ __all__ = [
     "PAGE_SIZE",
     "HostSnapshot",
     "__version__",
+    "copy_and_hash_limit",
     "image_frames",
     "read_agent_file",
     "scan_process_frames",
@@ -108,6 +109,9 @@ def scan_process_frames(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> _ProcessFrames: ...
 def read_agent_file(path: str) -> _AgentFile: ...
+def copy_and_hash_limit(
+    pid: int, start: int, pages: int, *, threads: int = 0, skip_zero: bool = False
+) -> float: ...
 def image_frames(
     path: str,
     *,

@@ -17,6 +17,7 @@ pub mod iomem;
 pub mod kpageflags;
 pub mod lime;
 pub mod live_memory;
+pub mod machine_limit;
 pub mod maps;
 pub mod observer;
 pub mod page_cache_walk;

@@ -24,7 +24,7 @@ use crate::PAGE_SIZE;
 /// Pages copied by one `process_vm_readv` and hashed while still in L2; they lie within
 /// 2048 pages of address space, so that the pagemap re-check after the copy is one small
 /// read.
-const WINDOW: WindowShape = WindowShape {
+pub const WINDOW: WindowShape = WindowShape {
     pages: 128,
     span: 2048 * PAGE_SIZE as u64,
 };

@@ -90,6 +90,30 @@ fn fix_mmap_threshold() {
     }
 }
 
+/// The machine's limit for a process scan, for benchmarks: copies `pages` present pages
+/// of `pid` from `start` with `process_vm_readv` and hashes them on `threads` threads
+/// (0: one per core), with no metadata. Returns the seconds it took.
+#[pyfunction]
+#[pyo3(signature = (pid, start, pages, *, threads=0, skip_zero=false))]
+fn copy_and_hash_limit(
+    py: Python<'_>,
+    pid: u32,
+    start: u64,
+    pages: usize,
+    threads: usize,
+    skip_zero: bool,
+) -> PyResult<f64> {
+    let run = py
+        .detach(|| {
+            in_pool(threads, || {
+                dedupx_core::machine_limit::copy_and_hash(pid, start, pages, skip_zero)
+            })
+        })
+        .map_err(|e| PyValueError::new_err(e.to_string()))?
+        .map_err(|e| PyValueError::new_err(format!("copy of process {pid} failed: {e}")))?;
+    Ok(run.seconds)
+}
+
 /// Reads a file written by dedupx-agent inside a guest.
 #[pyfunction]
 fn read_agent_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
@@ -102,7 +126,7 @@ fn read_agent_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>>
 #[pymodule]
 mod _dedupx {
     #[pymodule_export]
-    use super::{image_frames, read_agent_file, scan_process_frames};
+    use super::{copy_and_hash_limit, image_frames, read_agent_file, scan_process_frames};
     #[pymodule_export]
     use crate::host::HostSnapshot;
 
