@@ -187,3 +187,47 @@ def test_full_disk_leaves_nothing(tmp_path: Path) -> None:
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_unmapped_counts_need_only_kpf_mmap(
+    host_snapshot_dir: tuple[Path, dict[int, bytes], int],
+) -> None:
+    """A snapshot reads the map count of a PFN no process maps only where its flags carry
+    KPF_MMAP, and gives 0 elsewhere. That rests on the kernel never counting a mapping of a
+    page without KPF_MMAP: checked here over every PFN of RAM, both files read a chunk at a
+    time. A page mapped or unmapped between the two reads (a guest booting maps hundreds in
+    the milliseconds between them) is read again, flags around its count, and counts only
+    if its flags lacked KPF_MMAP both times. Then over the snapshot's own frames."""
+    kpf_mmap = 11
+    chunk = 1 << 15
+    pfns = counted = without_flag = 0
+    flags_fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    counts_fd = os.open("/proc/kpagecount", os.O_RDONLY)
+
+    def mapped_flag(pfn: int) -> bool:
+        return bool(os.pread(flags_fd, 8, pfn * 8)[1] >> (kpf_mmap - 8) & 1)
+
+    try:
+        while True:
+            flags = os.pread(flags_fd, chunk * 8, pfns * 8)
+            counts = os.pread(counts_fd, len(flags), pfns * 8)
+            if not flags:
+                break
+            for i in range(0, min(len(flags), len(counts)), 8):
+                if counts[i : i + 8] != bytes(8):
+                    counted += 1
+                    if not flags[i + 1] >> (kpf_mmap - 8) & 1:
+                        pfn = pfns + i // 8
+                        before = mapped_flag(pfn)
+                        count = os.pread(counts_fd, 8, pfn * 8)
+                        without_flag += not before and not mapped_flag(pfn) and count != bytes(8)
+            pfns += len(flags) // 8
+    finally:
+        os.close(flags_fd)
+        os.close(counts_fd)
+    print(f"{pfns:,} PFNs, {counted:,} with a map count, {without_flag} of them without KPF_MMAP")
+    assert counted > 1000 and without_flag == 0
+    snap = dedupx.open_snapshot(host_snapshot_dir[0])
+    unmapped = snap.frames.filter(~pl.col("mapped") & (pl.col("mapcount") > 0))
+    bad = unmapped.filter(pl.col("kpageflags") & (1 << kpf_mmap) == 0).collect()
+    assert bad.height == 0

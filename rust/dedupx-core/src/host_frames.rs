@@ -5,7 +5,7 @@
 use crate::bitmap::BitVec;
 use crate::error::Result;
 use crate::host_scan::HostScan;
-use crate::kpageflags::{self, KPF_ZERO_PAGE};
+use crate::kpageflags::{self, KPF_MMAP, KPF_ZERO_PAGE};
 use crate::page_hash::zero_page_hash;
 use crate::page_table::NO_HASH;
 use crate::phys_image::{PhysImage, PhysPages, ReadFailure, PAGE};
@@ -32,9 +32,10 @@ pub struct FrameChunk {
 pub const LOCAL: u32 = 1 << 31;
 
 impl HostScan {
-    /// Frames for PFNs `[start, end)` (which lie in System RAM): flags and counts of the
-    /// PFNs no process maps are read now, those of mapped PFNs are pass 1's; unmapped
-    /// pages are hashed from `phys` when there is one (flags first, then contents).
+    /// Frames for PFNs `[start, end)` (which lie in System RAM): the flags of the PFNs no
+    /// process maps are read now, and their map counts only where the flags say a page
+    /// table maps them (elsewhere the count is 0); those of mapped PFNs are pass 1's.
+    /// Unmapped pages are hashed from `phys` when there is one (flags first, then contents).
     pub fn frames_chunk(
         &self,
         start: u64,
@@ -43,9 +44,28 @@ impl HostScan {
     ) -> Result<FrameChunk> {
         let kpage = &self.kpage;
         let pfns: Vec<u64> = (start..end).collect();
-        let flags = kpage.read_flags(&pfns)?;
-        let counts = kpage.read_counts(&pfns)?;
         let first = self.pfns.partition_point(|&p| p < start);
+        let last = self.pfns.partition_point(|&p| p < end);
+        let mapped_here = &self.pfns[first..last];
+        let unmapped: Vec<u64> = {
+            let mut next = 0;
+            pfns.iter()
+                .copied()
+                .filter(|&pfn| {
+                    let mapped = mapped_here.get(next) == Some(&pfn);
+                    next += usize::from(mapped);
+                    !mapped
+                })
+                .collect()
+        };
+        let flags = kpage.read_flags(&unmapped)?;
+        let in_page_tables: Vec<u64> = unmapped
+            .iter()
+            .zip(&flags)
+            .filter(|&(_, &f)| kpageflags::has(f, KPF_MMAP))
+            .map(|(&pfn, _)| pfn)
+            .collect();
+        let some_counts = kpage.read_counts(&in_page_tables)?;
         let n = pfns.len();
         let mut c = FrameChunk {
             kpageflags: Vec::with_capacity(n),
@@ -56,22 +76,35 @@ impl HostScan {
         let zero_hash = zero_page_hash();
         let mut to_read = Vec::new();
         let mut next = first;
+        // Cursors into `flags` (one per unmapped PFN) and `some_counts` (one per unmapped
+        // PFN with KPF_MMAP), both in PFN order.
+        let (mut u, mut k) = (0, 0);
         for (i, &pfn) in pfns.iter().enumerate() {
             let mapped = self.pfns.get(next) == Some(&pfn);
             let (f, cnt, slot) = if mapped {
                 next += 1;
                 self.mapped_row(next - 1)
-            } else if kpageflags::has(flags[i], KPF_ZERO_PAGE) {
-                (flags[i], counts[i], NO_HASH)
-            } else if let Ok(k) = self.file_cache.binary_search_by_key(&pfn, |e| e.0) {
-                let local = (c.local_hashes.len() / 16) as u32;
-                c.local_hashes.extend_from_slice(&self.file_cache[k].1);
-                (flags[i], counts[i], LOCAL | local)
             } else {
-                if phys.is_some() {
-                    to_read.push(i);
+                let f = flags[u];
+                u += 1;
+                let cnt = if kpageflags::has(f, KPF_MMAP) {
+                    k += 1;
+                    some_counts[k - 1]
+                } else {
+                    0
+                };
+                if kpageflags::has(f, KPF_ZERO_PAGE) {
+                    (f, cnt, NO_HASH)
+                } else if let Ok(j) = self.file_cache.binary_search_by_key(&pfn, |e| e.0) {
+                    let local = (c.local_hashes.len() / 16) as u32;
+                    c.local_hashes.extend_from_slice(&self.file_cache[j].1);
+                    (f, cnt, LOCAL | local)
+                } else {
+                    if phys.is_some() {
+                        to_read.push(i);
+                    }
+                    (f, cnt, NO_HASH)
                 }
-                (flags[i], counts[i], NO_HASH)
             };
             c.kpageflags.push(f);
             c.mapcount.push(cnt);

@@ -26,16 +26,17 @@ pub struct LimitRun {
 pub fn copy_and_hash(pid: u32, start: u64, pages: usize, skip_zero: bool) -> io::Result<LimitRun> {
     let windows: Vec<(u64, usize)> = (0..pages)
         .step_by(WINDOW.pages)
-        .map(|p| {
-            (
-                start + (p * PAGE_SIZE) as u64,
-                WINDOW.pages.min(pages - p),
-            )
-        })
+        .map(|p| (start + (p * PAGE_SIZE) as u64, WINDOW.pages.min(pages - p)))
         .collect();
     let t0 = Instant::now();
     windows.par_iter().try_for_each_init(
-        || (PageHasher::new(), vec![0u8; WINDOW.pages * PAGE_SIZE], Vec::new()),
+        || {
+            (
+                PageHasher::new(),
+                vec![0u8; WINDOW.pages * PAGE_SIZE],
+                Vec::new(),
+            )
+        },
         |(hasher, buf, out), &(addr, n)| -> io::Result<()> {
             let data = &mut buf[..n * PAGE_SIZE];
             copy(pid, addr, data)?;
