@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 
 import dedupx
@@ -42,3 +44,26 @@ def test_footprint_of_a_narrowed_capture(layout: LayoutProcess) -> None:
     start, n = layout.regions["anon.bin"]
     only = frames.restrict(pl.col("vaddr").is_between(start, start + n * PAGE, closed="left"))
     assert dedupx.footprint(only)["rss_bytes"].to_list() == [n * PAGE]
+
+
+def test_map_counts_equal_kpagecount(layout: LayoutProcess) -> None:
+    """A scan reads /proc/kpagecount only for pages pagemap does not show mapped once
+    (exclusive, not part of a large folio: those have a count of exactly 1). Every count it
+    gives equals the kernel's, read here for each of the quiet fixture's frames, and the
+    fixture's many private pages did spare reads."""
+    scan = dedupx.scan(layout.pid)
+    frames = scan.pages.filter(pl.col("present")).select("pfn", "mapcount", "exclusive").unique()
+    fd = os.open("/proc/kpagecount", os.O_RDONLY)
+    try:
+        kernel = [int.from_bytes(os.pread(fd, 8, pfn * 8), "little") for pfn in frames["pfn"]]
+    finally:
+        os.close(fd)
+    frames = frames.with_columns(kernel=pl.Series(kernel, dtype=pl.UInt64))
+    exclusive = frames.filter(pl.col("exclusive"))
+    print(f"{frames.height} frames, {exclusive.height} exclusive")
+    assert exclusive.height >= 20
+    assert exclusive.filter(pl.col("mapcount") != pl.col("kernel")).height == 0
+    assert (exclusive["kernel"] == 1).all()
+    # The others, read from the kernel, are lowered at most by dedupx's own mappings.
+    shared = frames.filter(~pl.col("exclusive"))
+    assert (shared["mapcount"] <= shared["kernel"]).all()

@@ -15,6 +15,8 @@ use crate::error::{Result, ScanError};
 pub const KPF_MMAP: u32 = 11;
 pub const KPF_ANON: u32 = 12;
 pub const KPF_SWAPBACKED: u32 = 14;
+pub const KPF_COMPOUND_HEAD: u32 = 15;
+pub const KPF_COMPOUND_TAIL: u32 = 16;
 pub const KPF_KSM: u32 = 21;
 pub const KPF_ZERO_PAGE: u32 = 24;
 
@@ -73,6 +75,42 @@ impl KpageFiles {
     /// does not change its map count, so unlike flags these may be read after contents.
     pub fn read_counts(&self, pfns: &[u64]) -> Result<Vec<u64>> {
         read_file(&self.count, &self.count_path, pfns)
+    }
+}
+
+impl KpageFiles {
+    /// The map counts of `pfns` (sorted, distinct), reading only those of pages that
+    /// pagemap did not show mapped once: `exclusive[i]` is pagemap's bit 56 for a page
+    /// mapping `pfns[i]`, and `flags[i]` its flags. An exclusive page that is not part of
+    /// a large folio (flags without a compound bit) has a map count of exactly 1, since
+    /// both files then count the page's own mappings. Skipping those reads spares most of
+    /// a process's private pages the kernel's per-PFN cost.
+    pub fn read_counts_unless_exclusive(
+        &self,
+        pfns: &[u64],
+        flags: &[u64],
+        exclusive: &crate::bitmap::BitVec,
+    ) -> Result<Vec<u64>> {
+        let known = |i: usize| {
+            exclusive.get(i)
+                && !has(flags[i], KPF_COMPOUND_HEAD)
+                && !has(flags[i], KPF_COMPOUND_TAIL)
+        };
+        let wanted: Vec<u64> = (0..pfns.len())
+            .filter(|&i| !known(i))
+            .map(|i| pfns[i])
+            .collect();
+        let read = self.read_counts(&wanted)?;
+        let mut next = read.into_iter();
+        Ok((0..pfns.len())
+            .map(|i| {
+                if known(i) {
+                    1
+                } else {
+                    next.next().unwrap_or(0)
+                }
+            })
+            .collect())
     }
 }
 

@@ -145,6 +145,30 @@ impl Pagemap {
         self.read_entries(start, end, &mut visit)
     }
 
+    /// `[start, end)` cut into pieces of at most `max_pages` pages that together hold
+    /// every present or swapped page of it, for reading in parallel (each with
+    /// [`Self::for_each_mapped`]): where `PAGEMAP_SCAN` helps, the pieces cover only the
+    /// runs it finds; elsewhere they cover the whole range.
+    pub fn pieces(&self, start: u64, end: u64, max_pages: u64) -> Vec<(u64, u64)> {
+        if end <= start {
+            return Vec::new();
+        }
+        let runs = if SCAN_WORKS.load(Ordering::Relaxed) && end - start > SCAN_FROM_BYTES {
+            self.populated_runs(start, end)
+        } else {
+            None
+        };
+        let step = max_pages.max(1) * PAGE_SIZE as u64;
+        runs.unwrap_or_else(|| vec![(start, end)])
+            .into_iter()
+            .flat_map(|(a, b)| {
+                (a..b)
+                    .step_by(step as usize)
+                    .map(move |p| (p, b.min(p + step)))
+            })
+            .collect()
+    }
+
     /// The runs of `[start, end)` with present or swapped pages, by `PAGEMAP_SCAN`; None
     /// where the kernel cannot say (then every entry is read).
     fn populated_runs(&self, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {

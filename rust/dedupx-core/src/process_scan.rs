@@ -163,7 +163,14 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         stats.vanished_pfns = read.vanished;
     }
     clock.lap("hash");
-    let mut counts = kpage.read_counts(&uniq)?;
+    let mut exclusive = BitVec::zeros(uniq.len());
+    for (e, &u) in entries.iter().zip(&uidx) {
+        if u != u32::MAX && e.exclusive() {
+            exclusive.replace(u as usize, true);
+        }
+    }
+    let mut counts = kpage.read_counts_unless_exclusive(&uniq, &flags, &exclusive)?;
+    drop(exclusive);
     // Counted as if dedupx were not running, unless dedupx is what is scanned.
     if pid != std::process::id() {
         stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
@@ -334,27 +341,40 @@ fn read_vmas(root: &Path, pid: u32) -> Result<Vec<Vma>> {
 
 type Mapped = (Vec<u32>, Vec<u64>, Vec<PagemapEntry>);
 
+/// Pages of pagemap one thread reads at a time: a 1 GiB mapping is read by every thread,
+/// not by one while the others wait.
+pub const PIECE_PAGES: u64 = 4096;
+
 /// Every present or swapped page: (vma index, address, pagemap entry), in address order.
 fn read_mapped(pagemap: &Pagemap, vmas: &[Vma]) -> Result<Mapped> {
-    let per_vma: Vec<Vec<(u64, PagemapEntry)>> = vmas
+    let pieces: Vec<(u32, u64, u64)> = vmas
         .par_iter()
-        .map(|vma| {
+        .enumerate()
+        .filter(|(_, vma)| vma.in_pagemap())
+        .flat_map_iter(|(id, vma)| {
+            pagemap
+                .pieces(vma.start, vma.end, PIECE_PAGES)
+                .into_iter()
+                .map(move |(a, b)| (id as u32, a, b))
+        })
+        .collect();
+    let per_piece: Vec<Vec<(u64, PagemapEntry)>> = pieces
+        .par_iter()
+        .map(|&(_, a, b)| {
             let mut found = Vec::new();
-            if vma.in_pagemap() {
-                pagemap.for_each_mapped(vma.start, vma.end, |va, e| found.push((va, e)))?;
-            }
+            pagemap.for_each_mapped(a, b, |va, e| found.push((va, e)))?;
             Ok(found)
         })
         .collect::<Result<_>>()?;
-    let n = per_vma.iter().map(Vec::len).sum();
+    let n = per_piece.iter().map(Vec::len).sum();
     let mut out: Mapped = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (id, found) in per_vma.into_iter().enumerate() {
+    for (&(id, _, _), found) in pieces.iter().zip(per_piece) {
         for (va, e) in found {
-            out.0.push(id as u32);
+            out.0.push(id);
             out.1.push(va);
             out.2.push(e);
         }

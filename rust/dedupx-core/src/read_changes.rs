@@ -9,9 +9,12 @@
 use std::fs;
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::error::{Result, ScanError};
 use crate::maps::{parse_smaps, Vma};
 use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::process_scan::PIECE_PAGES;
 
 /// How much of a process changed between the first reading and the re-check after the last.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +112,8 @@ fn frame(e: PagemapEntry) -> Option<u64> {
 
 /// Pages of `vmas` (the first reading) whose PFN differs now from `first` (the first
 /// reading's present or swapped pages: vma index, address and entry, in address order), or
-/// that are present now and were not then.
+/// that are present now and were not then. Mappings are read again in pieces, in parallel
+/// on the current rayon pool.
 pub fn changed_pages(
     pagemap: &Pagemap,
     vmas: &[Vma],
@@ -117,43 +121,80 @@ pub fn changed_pages(
     vaddr: &[u64],
     first: &[PagemapEntry],
 ) -> Result<u64> {
-    let mut changed = 0u64;
+    // The first reading's rows of each mapping.
+    let mut rows = Vec::with_capacity(vmas.len());
     let mut row = 0usize;
-    for (id, vma) in vmas.iter().enumerate() {
-        if !vma.in_pagemap() {
-            continue;
-        }
+    for id in 0..vmas.len() {
         let begin = row;
         while row < vma_id.len() && vma_id[row] as usize == id {
             row += 1;
         }
-        if !worth_rechecking(vma, (row - begin) as u64) {
-            continue;
-        }
-        let before = &vaddr[begin..row];
-        let before_entries = &first[begin..row];
-        let mut k = 0usize;
-        pagemap.for_each_mapped(vma.start, vma.end, |va, now| {
-            // Pages of the first reading before `va` are no longer mapped.
-            while k < before.len() && before[k] < va {
-                changed += u64::from(frame(before_entries[k]).is_some());
-                k += 1;
+        rows.push(begin..row);
+    }
+    let per_vma: Vec<u64> = vmas
+        .par_iter()
+        .zip(rows)
+        .map(|(vma, rows)| {
+            if !vma.in_pagemap() || !worth_rechecking(vma, rows.len() as u64) {
+                return Ok(0);
             }
-            if k < before.len() && before[k] == va {
-                if frame(before_entries[k]) != frame(now) {
-                    changed += 1;
-                }
-                k += 1;
-            } else if frame(now).is_some() {
+            let (before, before_entries) = (&vaddr[rows.clone()], &first[rows]);
+            let pieces = pagemap.pieces(vma.start, vma.end, PIECE_PAGES);
+            // First-reading pages outside every piece are no longer mapped.
+            let mut covered = 0usize;
+            let mut outside = 0u64;
+            for &(a, b) in &pieces {
+                let lo = before.partition_point(|&va| va < a);
+                let hi = before.partition_point(|&va| va < b);
+                outside += count_frames(&before_entries[covered.min(lo)..lo]);
+                covered = covered.max(hi);
+            }
+            outside += count_frames(&before_entries[covered..]);
+            let inside: u64 = pieces
+                .par_iter()
+                .map(|&(a, b)| {
+                    let lo = before.partition_point(|&va| va < a);
+                    let hi = before.partition_point(|&va| va < b);
+                    compare_piece(pagemap, a, b, &before[lo..hi], &before_entries[lo..hi])
+                })
+                .sum::<Result<u64>>()?;
+            Ok(outside + inside)
+        })
+        .collect::<Result<_>>()?;
+    Ok(per_vma.iter().sum())
+}
+
+/// First-reading entries that had a frame.
+fn count_frames(entries: &[PagemapEntry]) -> u64 {
+    entries.iter().filter(|e| frame(**e).is_some()).count() as u64
+}
+
+/// Changes within `[a, b)`, given the first reading's pages there.
+fn compare_piece(
+    pagemap: &Pagemap,
+    a: u64,
+    b: u64,
+    before: &[u64],
+    before_entries: &[PagemapEntry],
+) -> Result<u64> {
+    let mut changed = 0u64;
+    let mut k = 0usize;
+    pagemap.for_each_mapped(a, b, |va, now| {
+        // Pages of the first reading before `va` are no longer mapped.
+        while k < before.len() && before[k] < va {
+            changed += u64::from(frame(before_entries[k]).is_some());
+            k += 1;
+        }
+        if k < before.len() && before[k] == va {
+            if frame(before_entries[k]) != frame(now) {
                 changed += 1;
             }
-        })?;
-        changed += before_entries[k..]
-            .iter()
-            .filter(|e| frame(**e).is_some())
-            .count() as u64;
-    }
-    Ok(changed)
+            k += 1;
+        } else if frame(now).is_some() {
+            changed += 1;
+        }
+    })?;
+    Ok(changed + count_frames(&before_entries[k..]))
 }
 
 /// A process's present pages condensed to a count and an order-independent sum, for a host
