@@ -201,6 +201,8 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         }
     }
     let zero_pages = contents.hashed.iter().filter(|&&h| h).count() as u64;
+    // A PFN mapped once has one candidate: its exclusive bit says so.
+    let exclusive: BitVec = cands.iter().map(|c| c.exclusive).collect();
     drop(cands);
     let plan = ReadPlan::new(tasks, pfns.len())?;
     let total = plan.len() as u64;
@@ -212,7 +214,8 @@ fn scan_in_pool(opts: &ScanOptions, progress: Progress) -> Result<HostScan> {
         &mut contents.hashed,
         &|done| Ok(check(progress, "hash", done, total)?),
     )?;
-    let mut counts = kpage.read_counts(&pfns)?;
+    let mut counts = kpage.read_counts_unless_exclusive(&pfns, &flags, &exclusive)?;
+    drop(exclusive);
     let own = OwnPages::read()?;
     stats.observer_pfns = own.correct(&pfns, &mut counts);
     processes
