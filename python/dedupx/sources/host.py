@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,24 @@ def snapshot(
             yield pl.concat(pending)
 
     def frames() -> Iterator[pl.DataFrame]:
-        ranges = hs.ram_ranges()
-        total = sum(b - a for a, b in ranges)
+        spans = [
+            (start, min(b, start + FRAMES_CHUNK))
+            for a, b in hs.ram_ranges()
+            for start in range(a, b, FRAMES_CHUNK)
+        ]
+        total = sum(end - start for start, end in spans)
         done = 0
-        for a, b in ranges:
-            for start in range(a, b, FRAMES_CHUNK):
-                end = min(b, start + FRAMES_CHUNK)
+        # The next chunk's flags are read (by the core, without the GIL) while this one is
+        # converted and written: reading and writing each leave a core idle at times.
+        with ThreadPoolExecutor(1) as reader:
+            ahead = [reader.submit(hs.frames, *span) for span in spans[:1]]
+            for i, (start, end) in enumerate(spans):
                 if progress:
                     progress("frames", done, total)
-                chunk = pl.DataFrame(hs.frames(start, end))
+                table = ahead.pop().result()
+                if i + 1 < len(spans):
+                    ahead.append(reader.submit(hs.frames, *spans[i + 1]))
+                chunk = pl.DataFrame(table)
                 coverage.add(chunk)
                 done += end - start
                 yield chunk
