@@ -1,0 +1,103 @@
+"""Every VM's dedup matrix in one pass over the frames (``dedup_matrix`` for each VM).
+
+Matrix by matrix, each VM's frames are its own scope and every other hashed frame is a
+peer's (mapped by another VM) or the host's (mapped by no VM). So the host's copies of a
+content are the same for every VM, and a VM's peers' copies are those of all VMs less its
+own: counted once per content, and once per (content, VM) for the VMs' frames, the matrix
+of every VM comes out of one grouping of the frames instead of one per VM.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from dedupx.analysis.dedup_matrix import matrix_rows, scope_counts
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.model.frames import Frames, HasFrames, as_frames
+from dedupx.model.page_classes import holds_frame, is_thp
+
+PEER = "vm"
+
+
+def vm_matrices(
+    data: Frames | HasFrames, order: tuple[str, str] = ("host", PEER)
+) -> dict[int, pl.DataFrame]:
+    """Each VM's (each process of kind ``vm``'s) dedup matrix, by PID: the same frame as
+    ``dedup_matrix(data, pid, order)`` gives."""
+    f = as_frames(data)
+    f.require("dedup_matrix", "pages", "processes")
+    assert f.pages is not None and f.processes is not None
+    vms = f.processes.filter(pl.col("kind") == PEER).select("pid")
+    pids = [int(p) for p in vms.collect()["pid"]]
+    owners = (
+        f.pages.filter(holds_frame())
+        .select("pid", "pfn")
+        .join(vms, on="pid", how="semi")
+        .group_by("pfn")
+        .agg(pl.col("pid").unique().alias("vms"))
+    )
+    frames = (
+        hashed_frames(f)
+        .join(owners, on="pfn", how="left")
+        .select(
+            "pfn",
+            "hash",
+            "anon",
+            "ksm_eligible",
+            "ksm_barrier",
+            "zero",
+            "hugetlb",
+            "page_size",
+            (pl.col("ksm_eligible") & is_thp().fill_null(False)).alias("thp"),
+            "vms",
+        )
+        .collect()
+    )
+    everywhere = pl.lit(True)
+    host = (
+        frames.lazy()
+        .filter(pl.col("vms").is_null())
+        .group_by("hash")
+        .agg(*scope_counts(everywhere, "host"))
+    )
+    # Copies of all VMs, one each: a frame two VMs map is one copy.
+    all_vms = (
+        frames.lazy()
+        .filter(pl.col("vms").is_not_null())
+        .group_by("hash")
+        .agg(*scope_counts(everywhere, "all"))
+    )
+    mine = (
+        frames.lazy().filter(pl.col("vms").is_not_null()).explode("vms").rename({"vms": "target"})
+    )
+    per = (
+        mine.group_by("hash", "target")
+        .agg(
+            *scope_counts(everywhere, "v"),
+            pl.col("thp").sum().alias("t_v"),
+            pl.col("zero").first(),
+        )
+        .join(host, on="hash", how="left")
+        .join(all_vms, on="hash", how="left")
+        .with_columns(
+            *(pl.col(f"{c}_host").fill_null(0) for c in "afehs"),
+            *(
+                (pl.col(f"{c}_all").cast(pl.Int64) - pl.col(f"{c}_v").cast(pl.Int64)).alias(
+                    f"{c}_{PEER}"
+                )
+                for c in "afehs"
+            ),
+        )
+        .drop(*(f"{c}_all" for c in "afehs"))
+        .collect()
+    )
+    v_frames = mine.select("target", "pfn", "hash", "hugetlb", "page_size").collect()
+    if not v_frames["hugetlb"].any():  # no huge page savings to find: no frames to split
+        v_frames = v_frames.clear()
+    parts = v_frames.partition_by("target", as_dict=True, include_key=False)
+    empty = v_frames.clear().drop("target")
+    by_pid = {p: parts.get((p,), empty) for p in pids}
+    return matrix_rows(per, by_pid, PEER, order)
+
+
+__all__ = ["vm_matrices"]
