@@ -29,16 +29,17 @@ def vm_matrices(
     assert f.pages is not None and f.processes is not None
     vms = f.processes.filter(pl.col("kind") == PEER).select("pid")
     pids = [int(p) for p in vms.collect()["pid"]]
+    # One row per (frame, VM that maps it): most frames have one VM or none.
     owners = (
         f.pages.filter(holds_frame())
-        .select("pid", "pfn")
-        .join(vms, on="pid", how="semi")
-        .group_by("pfn")
-        .agg(pl.col("pid").unique().alias("vms"))
+        .select(pl.col("pid").alias("target"), "pfn")
+        .join(vms.select(pl.col("pid").alias("target")), on="target", how="semi")
+        .unique()
+        .collect()
     )
-    frames = (
+    mapped = owners.select("pfn").unique().with_columns(pl.lit(True).alias("vm"))
+    hashed = (
         hashed_frames(f)
-        .join(owners, on="pfn", how="left")
         .select(
             "pfn",
             "hash",
@@ -49,27 +50,33 @@ def vm_matrices(
             "hugetlb",
             "page_size",
             (pl.col("ksm_eligible") & is_thp().fill_null(False)).alias("thp"),
-            "vms",
         )
+        .collect()
+    )
+    # A content held by one frame only counts in no row of any matrix (no copy to save):
+    # most contents of a host are such, and only the others are grouped by VM.
+    copied = hashed.lazy().group_by("hash").agg(pl.len()).filter(pl.col("len") > 1)
+    frames = (
+        hashed.lazy()
+        .join(copied.select("hash"), on="hash", how="semi")
+        .join(mapped.lazy(), on="pfn", how="left")
         .collect()
     )
     everywhere = pl.lit(True)
     host = (
         frames.lazy()
-        .filter(pl.col("vms").is_null())
+        .filter(pl.col("vm").is_null())
         .group_by("hash")
         .agg(*scope_counts(everywhere, "host"))
     )
     # Copies of all VMs, one each: a frame two VMs map is one copy.
     all_vms = (
         frames.lazy()
-        .filter(pl.col("vms").is_not_null())
+        .filter(pl.col("vm").is_not_null())
         .group_by("hash")
         .agg(*scope_counts(everywhere, "all"))
     )
-    mine = (
-        frames.lazy().filter(pl.col("vms").is_not_null()).explode("vms").rename({"vms": "target"})
-    )
+    mine = frames.lazy().join(owners.lazy(), on="pfn")
     per = (
         mine.group_by("hash", "target")
         .agg(
@@ -91,9 +98,22 @@ def vm_matrices(
         .drop(*(f"{c}_all" for c in "afehs"))
         .collect()
     )
-    v_frames = mine.select("target", "pfn", "hash", "hugetlb", "page_size").collect()
-    if not v_frames["hugetlb"].any():  # no huge page savings to find: no frames to split
-        v_frames = v_frames.clear()
+    # Huge page savings (rare: hugetlb-backed guests) need all of a VM's frames, single
+    # copies too: whether a huge page is freed whole depends on every subpage of it.
+    if frames["hugetlb"].any():
+        v_frames = hashed.join(owners, on="pfn").select(
+            "target", "pfn", "hash", "hugetlb", "page_size"
+        )
+    else:
+        v_frames = pl.DataFrame(
+            schema={
+                "target": pl.UInt32,
+                "pfn": pl.UInt64,
+                "hash": pl.Binary,
+                "hugetlb": pl.Boolean,
+                "page_size": pl.UInt64,
+            }
+        )
     parts = v_frames.partition_by("target", as_dict=True, include_key=False)
     empty = v_frames.clear().drop("target")
     by_pid = {p: parts.get((p,), empty) for p in pids}
