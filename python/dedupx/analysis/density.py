@@ -121,6 +121,7 @@ def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
             pl.col("other").sum().cast(pl.Float64),
             pl.col("zero").first(),
         )
+        .drop("content")
     )
     identity = (
         maps.filter(~pl.col("private"))
@@ -160,11 +161,9 @@ def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
     perfect = held.join(host_all, on="content", how="left").select(
         "j", "k", pl.col("h").fill_null(0).cast(pl.Float64)
     )
-    return {
-        "private": private.collect(),
-        "identity": identity.collect(),
-        "perfect": perfect.collect(),
-    }
+    # Collected together, the mappings they share are computed once.
+    parts = pl.collect_all([private, identity, perfect])
+    return dict(zip(("private", "identity", "perfect"), parts, strict=True))
 
 
 def _share(n: pl.Expr, k: pl.Expr, h: pl.Expr, j: pl.Expr, instances: int) -> pl.Expr:
