@@ -55,6 +55,8 @@ def vm_uss(
     gives them), by PID."""
     assert f.pages is not None
     pids = list(maps)
+    if not pids:
+        return {}
     pages = f.pages.filter(pl.col("present"))
     # A frame is a guest's own when it alone maps it: one holder, and that is the guest.
     holders = pages.group_by("pfn").agg(pl.col("pid").n_unique().alias("n"), pl.col("pid").first())
@@ -107,6 +109,8 @@ def vm_incremental_costs(
     """``incremental_cost`` of each guest of ``maps`` under KSM, by PID."""
     assert f.pages is not None and f.vmas is not None
     pids = list(maps)
+    if not pids:
+        return {}
     m = max_sharing or max_page_sharing()
     zero_free = use_zero_pages() if zero_pages_free is None else zero_pages_free
     main = pl.concat([main_frame(pid, main_blocks(f, pid)) for pid in pids])

@@ -29,6 +29,8 @@ def vm_matrices(
     assert f.pages is not None and f.processes is not None
     vms = f.processes.filter(pl.col("kind") == PEER).select("pid")
     pids = [int(p) for p in vms.collect()["pid"]]
+    if not pids:
+        return {}
     # One row per (frame, VM that maps it): most frames have one VM or none.
     owners = (
         f.pages.filter(holds_frame())
