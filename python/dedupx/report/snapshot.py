@@ -12,6 +12,7 @@ from dedupx.analysis.device_cost import device_costs
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
+from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.analysis.incremental_cost import told_frames
 from dedupx.analysis.vm_costs import guest_maps, vm_incremental_costs, vm_uss
 from dedupx.analysis.vm_matrices import vm_matrices
@@ -81,6 +82,8 @@ def snapshot_report(
     data: Frames | HasFrames, top: int = 10, guests: dict[int, GuestView] | None = None
 ) -> dict[str, Any]:
     f = as_frames(data)
+    # Every analysis below reads the content view: computed once, here.
+    f = f.with_hashed(hashed_frames(f).collect())
     m = f.provenance.manifest
     report: dict[str, Any] = {
         "path": str(f.provenance.path),
