@@ -9,12 +9,14 @@ of every VM comes out of one grouping of the frames instead of one per VM.
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from dedupx.analysis.dedup_matrix import matrix_rows, scope_counts
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.model.frames import Frames, HasFrames, as_frames
-from dedupx.model.page_classes import holds_frame, is_thp
+from dedupx.model.page_classes import holds_frame, is_thp, is_zero_page
 
 PEER = "vm"
 
@@ -31,17 +33,11 @@ def vm_matrices(
     pids = [int(p) for p in vms.collect()["pid"]]
     if not pids:
         return {}
-    # One row per (frame, VM that maps it): most frames have one VM or none.
-    owners = (
-        f.pages.filter(holds_frame())
-        .select(pl.col("pid").alias("target"), "pfn")
-        .join(vms.select(pl.col("pid").alias("target")), on="target", how="semi")
-        .unique()
-        .collect()
-    )
+    copied = copied_frames(f)
+    owners = _owners(copied, vms).collect()
     mapped = owners.select("pfn").unique().with_columns(pl.lit(True).alias("vm"))
-    hashed = (
-        hashed_frames(f)
+    frames = (
+        hashed_frames(copied)
         .select(
             "pfn",
             "hash",
@@ -53,14 +49,6 @@ def vm_matrices(
             "page_size",
             (pl.col("ksm_eligible") & is_thp().fill_null(False)).alias("thp"),
         )
-        .collect()
-    )
-    # A content held by one frame only counts in no row of any matrix (no copy to save):
-    # most contents of a host are such, and only the others are grouped by VM.
-    copied = hashed.lazy().group_by("hash").agg(pl.len()).filter(pl.col("len") > 1)
-    frames = (
-        hashed.lazy()
-        .join(copied.select("hash"), on="hash", how="semi")
         .join(mapped.lazy(), on="pfn", how="left")
         .collect()
     )
@@ -103,8 +91,11 @@ def vm_matrices(
     # Huge page savings (rare: hugetlb-backed guests) need all of a VM's frames, single
     # copies too: whether a huge page is freed whole depends on every subpage of it.
     if frames["hugetlb"].any():
-        v_frames = hashed.join(owners, on="pfn").select(
-            "target", "pfn", "hash", "hugetlb", "page_size"
+        v_frames = (
+            hashed_frames(f)
+            .join(_owners(f, vms), on="pfn")
+            .select("target", "pfn", "hash", "hugetlb", "page_size")
+            .collect()
         )
     else:
         v_frames = pl.DataFrame(
@@ -122,4 +113,36 @@ def vm_matrices(
     return matrix_rows(per, by_pid, PEER, order)
 
 
-__all__ = ["vm_matrices"]
+def _owners(f: Frames, vms: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (frame, VM that maps it): most frames have one VM or none."""
+    assert f.pages is not None
+    return (
+        f.pages.filter(holds_frame())
+        .select(pl.col("pid").alias("target"), "pfn")
+        .join(vms.select(pl.col("pid").alias("target")), on="target", how="semi")
+        .unique()
+    )
+
+
+def copied_frames(f: Frames) -> Frames:
+    """The capture narrowed to the frames of its content view whose content another frame
+    holds too, and the pages that map them. A content held by one frame only counts in no
+    row of any matrix (no copy to save): most contents of a host are such, and the rest is
+    what needs grouping by VM."""
+    if f.hashed is not None:
+        return dataclasses.replace(f, hashed=f.hashed.filter(pl.len().over("hash") > 1))
+    assert f.pages is not None
+    # The frames hashed_frames keeps: hashed, and not the kernel's zero page.
+    view = f.frames.filter(pl.col("hash").is_not_null())
+    if f.has_flags():
+        view = view.filter(~is_zero_page())
+    copied = view.group_by("hash").len().filter(pl.col("len") > 1).select("hash")
+    pfns = view.join(copied, on="hash", how="semi").select("pfn").collect(engine="streaming")
+    return dataclasses.replace(
+        f,
+        frames=f.frames.join(pfns.lazy(), on="pfn", how="semi"),
+        pages=f.pages.join(pfns.lazy(), on="pfn", how="semi"),
+    )
+
+
+__all__ = ["copied_frames", "vm_matrices"]
