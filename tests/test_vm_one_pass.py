@@ -75,6 +75,7 @@ def test_every_vm_at_once_equals_one_at_a_time(tmp_path: Path) -> None:
                 assert_frame_equal(together[pid], dedup_matrix(snap, pid, order))
         twin = together[guests[1].pid].row(2, named=True)  # the "vm" row, peers first
         assert twin["row"] == "vm" and twin["anon_anon"] > 1_000
+        print("with a hugetlbfs guest" if huge is not None else "no hugepages to be had")
         if huge is not None:
             within = together[guests[-1].pid].row(0, named=True)
             assert within["hugetlb"] > 0
