@@ -82,14 +82,22 @@ def test_every_vm_at_once_equals_one_at_a_time(tmp_path: Path) -> None:
 
         maps, errors = guest_maps(snap, pids)
         assert not errors
-        uss = vm_uss(snap, maps)
+        # What one guest says of its pages (by gfn; every seventh page it says nothing of).
+        gfn = pl.int_range(0, MEM_MIB * 256, eager=True, dtype=pl.UInt64)
+        classes = pl.Series(["anon", "file", "free", "kernel"]).gather(gfn % 4)
+        said = pl.DataFrame({"gfn": gfn, "class": classes}).filter(pl.col("gfn") % 7 != 0)
+        told = {pids[0]: said}
+        uss = vm_uss(snap, maps, told)
         for pid in pids:
-            assert uss[pid] == uss_breakdown(snap, pid)
+            assert uss[pid] == uss_breakdown(snap, pid, told.get(pid))
         for m, zero_free in ((256, False), (256, True), (2, False)):
-            costs = vm_incremental_costs(snap, maps, max_sharing=m, zero_pages_free=zero_free)
+            costs = vm_incremental_costs(snap, maps, told, max_sharing=m, zero_pages_free=zero_free)
             for pid in pids:
-                want = incremental_cost(snap, pid, max_sharing=m, zero_pages_free=zero_free)
+                want = incremental_cost(
+                    snap, pid, told.get(pid), max_sharing=m, zero_pages_free=zero_free
+                )
                 assert costs[pid] == want, (pid, m, zero_free)
+        assert "guest_ram_by_class" in costs[pids[0]]
 
         # What analyze shows per VM is each of them, as computed one VM at a time.
         for r in vm_reports(snap):

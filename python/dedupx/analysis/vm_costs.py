@@ -134,12 +134,21 @@ def vm_incremental_costs(
         .join(eligible, on="content", how="left")
         .with_columns(pl.when(seen).then(pl.lit(True)).alias("seen"))
     )
+    told = {pid: g for pid, g in (guest_frames or {}).items() if g is not None}
+    # The summary adds costs up by part and block, and by guest page for the guests that
+    # say what their pages are: added up by those here, the rows need not be kept.
+    told_pids = pl.LazyFrame({"pid": list(told)}, schema={"pid": pl.UInt32})
     costed = (
-        rows.with_columns(ksm_cost(m, zero_free).alias("cost")).filter(pl.col("cost") > 0).collect()
+        rows.with_columns(ksm_cost(m, zero_free).alias("cost"))
+        .filter(pl.col("cost") > 0)
+        .join(told_pids.with_columns(pl.lit(True).alias("told")), on="pid", how="left")
+        .with_columns(pl.when(pl.col("told")).then(pl.col("gpa")).alias("gpa"))
+        .group_by("pid", "part", "block", "gpa")
+        .agg(pl.col("cost").sum())
+        .collect()
     )
     parts = costed.partition_by("pid", as_dict=True)
     empty = costed.clear()
-    told = guest_frames or {}
     return {pid: cost_summary(pid, "ksm", parts.get((pid,), empty), told.get(pid)) for pid in pids}
 
 
