@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from dedupx.analysis.density import use_zero_pages
+from dedupx.analysis.device_cost import costs_of_devices
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.analysis.incremental_cost import (
     cost_rows,
@@ -28,7 +29,7 @@ from dedupx.analysis.incremental_cost import (
 from dedupx.analysis.ksm import max_page_sharing
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames
-from dedupx.model.page_classes import is_ksm, is_ksm_eligible
+from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 
 
 def guest_maps(f: Frames, pids: Sequence[int]) -> tuple[dict[int, pl.DataFrame], dict[int, str]]:
@@ -152,4 +153,24 @@ def vm_incremental_costs(
     return {pid: cost_summary(pid, "ksm", parts.get((pid,), empty), told.get(pid)) for pid in pids}
 
 
-__all__ = ["guest_maps", "vm_incremental_costs", "vm_uss"]
+def vm_device_costs(f: Frames, maps: Mapping[int, pl.DataFrame]) -> dict[int, pl.DataFrame]:
+    """``device_costs`` of each guest of ``maps``, by PID: the guests' pages read once."""
+    assert f.pages is not None
+    pids = list(maps)
+    if not pids:
+        return {}
+    pages = (
+        f.pages.filter(pl.col("present") & ~is_zero_page())
+        .join(_pids(pids), on="pid", how="semi")
+        .select("pid", pl.col("vaddr").alias("hva"), "mapcount", "pfn")
+        .collect()
+    )
+    parts = pages.partition_by("pid", as_dict=True, include_key=False)
+    empty = pages.clear().drop("pid")
+    return {
+        pid: costs_of_devices(maps[pid], main_blocks(f, pid), parts.get((pid,), empty))
+        for pid in pids
+    }
+
+
+__all__ = ["guest_maps", "vm_device_costs", "vm_incremental_costs", "vm_uss"]

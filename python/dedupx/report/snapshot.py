@@ -8,13 +8,12 @@ import polars as pl
 
 from dedupx.analysis.containers import containers
 from dedupx.analysis.dedup_matrix import group_matrix
-from dedupx.analysis.device_cost import device_costs
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.analysis.incremental_cost import told_frames
-from dedupx.analysis.vm_costs import guest_maps, vm_incremental_costs, vm_uss
+from dedupx.analysis.vm_costs import guest_maps, vm_device_costs, vm_incremental_costs, vm_uss
 from dedupx.analysis.vm_matrices import vm_matrices
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames, HasFrames, as_frames
@@ -44,6 +43,7 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
             del maps[pid]
     uss = vm_uss(f, maps, told)
     costs = vm_incremental_costs(f, maps, told)
+    devices = vm_device_costs(f, maps)
     out = []
     for pid, comm, argv in vms.iter_rows():
         r: dict[str, Any] = {"pid": pid, "comm": comm}
@@ -57,10 +57,7 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
         else:
             r["uss"] = uss[pid]
             r["incremental_cost"] = costs[pid]
-            try:
-                r["devices"] = device_costs(f, pid).to_dicts()
-            except DedupxError as e:
-                r["incremental_cost_error"] = str(e)
+            r["devices"] = devices[pid].to_dicts()
         if view is not None:
             r["guest_classes"] = guest_classes(view)
             r["bloat"] = inactive_bloat(view)
