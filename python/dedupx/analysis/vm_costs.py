@@ -9,6 +9,7 @@ a frame or content, instead of once per guest against everything else.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,20 @@ from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 
 
 def guest_maps(f: Frames, pids: Sequence[int]) -> tuple[dict[int, pl.DataFrame], dict[int, str]]:
-    """Each guest's gpa map and main RAM blocks, and for the guests that have none, why."""
+    """Each guest's gpa map and main RAM blocks, and for the guests that have none, why.
+    The guests' pages, VMAs and maps are read once for all of them."""
+    if f.pages is not None and f.vmas is not None and f.processes is not None:
+        guests = _pids(pids)
+        f = dataclasses.replace(
+            f,
+            pages=f.pages.join(guests, on="pid", how="semi")
+            .select("pid", "vaddr", "pfn", "present")
+            .collect()
+            .lazy(),
+            vmas=f.vmas.join(guests, on="pid", how="semi").collect().lazy(),
+            processes=f.processes.join(guests, on="pid", how="semi").collect().lazy(),
+            gpa_map=None if f.gpa_map is None else f.gpa_map.collect().lazy(),
+        )
     maps, errors = {}, {}
     for pid in pids:
         try:
