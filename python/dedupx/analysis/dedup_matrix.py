@@ -112,41 +112,51 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         raise UsageError(f"peer must be a process kind other than 'host', not {peer!r}")
     if sorted(order) != sorted(("host", peer)):
         raise UsageError(f"order must name 'host' and {peer!r}, not {order!r}")
-    first, second = order
-    scopes = ("v", "host", peer)
     frames = scoped_frames(f, pids, peer).collect()
-    barrier = {"h": "hugetlb", "s": "shared backend"}
     per = (
         frames.lazy()
         .group_by("hash")
         .agg(
-            *(
-                agg
-                for s in scopes
-                for agg in (
-                    (pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"a_{s}"),
-                    (~pl.col("anon") & (pl.col("scope") == s)).sum().alias(f"f_{s}"),
-                    (pl.col("ksm_eligible") & (pl.col("scope") == s)).sum().alias(f"e_{s}"),
-                )
-            ),
+            *(c for s in ("v", "host", peer) for c in scope_counts(pl.col("scope") == s, s)),
             (pl.col("thp") & (pl.col("scope") == "v")).sum().alias("t_v"),
-            *(
-                (
-                    pl.col("anon")
-                    & ~pl.col("ksm_eligible")
-                    & (pl.col("scope") == s)
-                    & (pl.col("ksm_barrier") == why)
-                )
-                .sum()
-                .alias(f"{b}_{s}")
-                for s in scopes
-                for b, why in barrier.items()
-            ),
             pl.col("zero").first(),
         )
         .filter(pl.col("a_v") + pl.col("f_v") > 0)
+        .with_columns(pl.lit(0).alias("target"))
         .collect()
     )
+    v = frames.filter(pl.col("scope") == "v")
+    return matrix_rows(per, {0: v}, peer, order)[0]
+
+
+def scope_counts(in_scope: pl.Expr, s: str) -> list[pl.Expr]:
+    """Per content, the frames of scope ``s`` (those matching ``in_scope``): anon
+    (``a_s``), file (``f_s``), KSM-eligible (``e_s``), and anon ones KSM cannot merge on a
+    hugetlb (``h_s``) or shared backend (``s_s``)."""
+    barrier = {"h": "hugetlb", "s": "shared backend"}
+    return [
+        (pl.col("anon") & in_scope).sum().alias(f"a_{s}"),
+        (~pl.col("anon") & in_scope).sum().alias(f"f_{s}"),
+        (pl.col("ksm_eligible") & in_scope).sum().alias(f"e_{s}"),
+        *(
+            (pl.col("anon") & ~pl.col("ksm_eligible") & in_scope & (pl.col("ksm_barrier") == why))
+            .sum()
+            .alias(f"{b}_{s}")
+            for b, why in barrier.items()
+        ),
+    ]
+
+
+def matrix_rows(
+    per: pl.DataFrame,
+    v_frames: dict[int, pl.DataFrame],
+    peer: str,
+    order: tuple[str, str],
+) -> dict[int, pl.DataFrame]:
+    """Each target's matrix from ``per``: one row per (content, ``target``) the target holds,
+    with ``scope_counts`` for "v" (the target), "host" and ``peer``, ``t_v`` and ``zero``.
+    ``v_frames`` holds each target's own frames (for its hugetlb savings)."""
+    first, second = order
     cast = {c: pl.Int64 for c in per.columns if c[:2] in ("a_", "f_", "e_", "t_", "h_", "s_")}
     per = per.cast(cast)  # type: ignore[arg-type]
     held = {s: (pl.col(f"a_{s}") + pl.col(f"f_{s}")) > 0 for s in (first, second)}
@@ -195,11 +205,9 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         ((pl.col("e_v") > 0) & (e_p > 0)).alias("p_ksm"),
     )
 
-    hugetlb = huge_page_savings(frames, per)
-    rows = []
     missed = (pl.col("a_v") - 1).clip(0) - (pl.col("e_v") - 1).clip(0)
     missed_h = pl.min_horizontal(pl.col("h_v"), missed)
-    within = per.select(
+    within = per.group_by("target").agg(
         (pl.col("a_v") - 1).clip(0).sum().alias("anon_anon"),
         (pl.col("f_v") - 1).clip(0).sum().alias("file_file"),
         ((pl.col("a_v") > 0) & (pl.col("f_v") > 0)).sum().alias("anon_file"),
@@ -208,74 +216,86 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         (pl.col("a_v") + pl.col("f_v") - 1).filter(pl.col("zero")).sum().alias("zero"),
         missed_h.sum().alias("missed_hugetlb"),
         pl.min_horizontal(pl.col("s_v"), missed - missed_h).sum().alias("missed_shared"),
-    ).row(0, named=True)
-    rows.append(_row("within", {**within, **hugetlb["within"]}))
-    for scope in ("host", peer):
-        p = per.filter(pl.col("partner") == scope)
-        col = (
-            pl.when(pl.col("p_aa"))
-            .then(pl.lit("aa"))
-            .when(pl.col("p_ff"))
-            .then(pl.lit("ff"))
-            .otherwise(pl.lit("af"))
-        )
-        r = (
-            p.with_columns(col.alias("col"))
-            .select(
-                (pl.col("col") == "aa").sum().alias("anon_anon"),
-                (pl.col("col") == "ff").sum().alias("file_file"),
-                (pl.col("col") == "af").sum().alias("anon_file"),
-                ((pl.col("col") == "aa") & pl.col("p_ksm")).sum().alias("ksm_reachable"),
-                ((pl.col("col") == "aa") & pl.col("p_ksm") & (pl.col("t_v") >= pl.col("e_v")))
+    )
+    col = (
+        pl.when(pl.col("p_aa"))
+        .then(pl.lit("aa"))
+        .when(pl.col("p_ff"))
+        .then(pl.lit("ff"))
+        .otherwise(pl.lit("af"))
+    )
+    partners = (
+        per.filter(pl.col("partner").is_not_null())
+        .with_columns(col.alias("col"))
+        .group_by("target", "partner")
+        .agg(
+            (pl.col("col") == "aa").sum().alias("anon_anon"),
+            (pl.col("col") == "ff").sum().alias("file_file"),
+            (pl.col("col") == "af").sum().alias("anon_file"),
+            ((pl.col("col") == "aa") & pl.col("p_ksm")).sum().alias("ksm_reachable"),
+            ((pl.col("col") == "aa") & pl.col("p_ksm") & (pl.col("t_v") >= pl.col("e_v")))
+            .sum()
+            .alias("thp"),
+            pl.col("zero").sum().alias("zero"),
+            *(
+                ((pl.col("col") == "aa") & ~pl.col("p_ksm") & (pl.col("reason") == b))
                 .sum()
-                .alias("thp"),
-                pl.col("zero").sum().alias("zero"),
-                *(
-                    ((pl.col("col") == "aa") & ~pl.col("p_ksm") & (pl.col("reason") == b))
-                    .sum()
-                    .alias(name)
-                    for b, name in (("h", "missed_hugetlb"), ("s", "missed_shared"))
-                ),
-            )
-            .row(0, named=True)
+                .alias(name)
+                for b, name in (("h", "missed_hugetlb"), ("s", "missed_shared"))
+            ),
         )
-        rows.append(_row(scope, {**r, **hugetlb["partner"].get(scope, {})}))
-    # Each page of V counts in one row at most, so the rows add up.
-    rows.append({"row": "total", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "row"}})
-    return pl.DataFrame(rows).with_columns((pl.col("total") * PAGE_SIZE / MIB).alias("mib"))
+    )
+    by_target = {r.pop("target"): r for r in within.iter_rows(named=True)}
+    by_partner = {(r.pop("target"), r.pop("partner")): r for r in partners.iter_rows(named=True)}
+    out = {}
+    for target, v in v_frames.items():
+        hugetlb = huge_page_savings(v, per, target)
+        rows = [_row("within", {**by_target.get(target, {}), **hugetlb["within"]})]
+        for scope in ("host", peer):
+            r = by_partner.get((target, scope), {})
+            rows.append(_row(scope, {**r, **hugetlb["partner"].get(scope, {})}))
+        # Each page of V counts in one row at most, so the rows add up.
+        total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "row"}
+        rows.append({"row": "total", **total})
+        out[target] = pl.DataFrame(rows).with_columns(
+            (pl.col("total") * PAGE_SIZE / MIB).alias("mib")
+        )
+    return out
 
 
 def _row(name: str, r: dict[str, Any]) -> dict[str, Any]:
-    aa, ff, af = (int(r[k] or 0) for k in ("anon_anon", "file_file", "anon_file"))
-    reach = int(r["ksm_reachable"] or 0)
+    aa, ff, af = (int(r.get(k) or 0) for k in ("anon_anon", "file_file", "anon_file"))
+    reach = int(r.get("ksm_reachable") or 0)
     return {
         "row": name,
         "anon_anon": aa,
         "file_file": ff,
         "anon_file": af,
         "total": aa + ff + af,
-        "zero": int(r["zero"] or 0),
+        "zero": int(r.get("zero") or 0),
         "ksm_reachable": reach,
         "missed_file": ff + af,
         "missed_not_mergeable": aa - reach,
-        "missed_hugetlb": int(r["missed_hugetlb"] or 0),
-        "missed_shared_backend": int(r["missed_shared"] or 0),
-        "ksm_reachable_thp": int(r["thp"] or 0),
+        "missed_hugetlb": int(r.get("missed_hugetlb") or 0),
+        "missed_shared_backend": int(r.get("missed_shared") or 0),
+        "ksm_reachable_thp": int(r.get("thp") or 0),
         "hugetlb": int(r.get("hugetlb") or 0),
         "hugetlb_whole": int(r.get("hugetlb_whole") or 0),
     }
 
 
-def huge_page_savings(frames: pl.DataFrame, per: pl.DataFrame) -> dict[str, Any]:
+def huge_page_savings(v: pl.DataFrame, per: pl.DataFrame, target: int) -> dict[str, Any]:
     """Of each row's savings, V's copies held in hugetlb pages (``hugetlb``), and of those
     the ones in huge pages freed whole (``hugetlb_whole``: dedupx.analysis.huge_pages). Of
     a content V holds ``n`` times, ``n - 1`` copies count in ``within``, and the one V
-    keeps, if a partner holds the content, in the partner's row."""
-    v = frames.filter(pl.col("scope") == "v").select("pfn", "hash", "hugetlb", "page_size")
+    keeps, if a partner holds the content, in the partner's row. ``v``: V's frames; ``per``:
+    the contents with their ``partner``, V's where ``target`` is ``target``."""
+    v = v.select("pfn", "hash", "hugetlb", "page_size")
     if v.height == 0 or not v["hugetlb"].any():
         return {"within": {}, "partner": {}}
+    partners = per.filter(pl.col("target") == target).select("hash", "partner")
     v = dropped_copies(
-        v.join(per.select("hash", "partner"), on="hash", how="left"),
+        v.join(partners, on="hash", how="left"),
         held_elsewhere=pl.col("partner").is_not_null(),
     )
     row = pl.when(pl.col("kept")).then(pl.col("partner")).otherwise(pl.lit("within"))

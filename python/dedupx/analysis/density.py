@@ -121,6 +121,7 @@ def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
             pl.col("other").sum().cast(pl.Float64),
             pl.col("zero").first(),
         )
+        .drop("content")
     )
     identity = (
         maps.filter(~pl.col("private"))
@@ -160,11 +161,9 @@ def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
     perfect = held.join(host_all, on="content", how="left").select(
         "j", "k", pl.col("h").fill_null(0).cast(pl.Float64)
     )
-    return {
-        "private": private.collect(),
-        "identity": identity.collect(),
-        "perfect": perfect.collect(),
-    }
+    # Collected together, the mappings they share are computed once.
+    parts = pl.collect_all([private, identity, perfect])
+    return dict(zip(("private", "identity", "perfect"), parts, strict=True))
 
 
 def _share(n: pl.Expr, k: pl.Expr, h: pl.Expr, j: pl.Expr, instances: int) -> pl.Expr:
@@ -176,15 +175,24 @@ def _share(n: pl.Expr, k: pl.Expr, h: pl.Expr, j: pl.Expr, instances: int) -> pl
     return pl.when(j == instances).then(common).otherwise(specific)
 
 
+def _alike(part: pl.DataFrame) -> pl.DataFrame:
+    """Each distinct row of ``part`` once, with ``w``, how many times it occurs."""
+    return part.group_by(part.columns).agg(pl.len().cast(pl.Float64).alias("w"))
+
+
 def _frames_needed(
     parts: dict[str, pl.DataFrame], n: pl.DataFrame, instances: int, m: int, zero_free: bool
 ) -> pl.DataFrame:
     """Frames the N instances pay for, per N, under each policy."""
     big_n, j = pl.col("n").cast(pl.Float64), pl.col("j").cast(pl.Float64)
+    # Rows alike count alike: each distinct row once, weighted by how many there are
+    # (``w``), so that the products with every N stay small however large the capture.
+    parts = {name: _alike(part) for name, part in parts.items()}
+    w = pl.col("w")
     ident = (
         n.join(parts["identity"], how="cross")
         .group_by("n")
-        .agg(_share(big_n, pl.col("k"), pl.col("h"), j, instances).sum().alias("shared"))
+        .agg((w * _share(big_n, pl.col("k"), pl.col("h"), j, instances)).sum().alias("shared"))
     )
     common = pl.col("j") == instances
     # Copies of a content at N instances: common ones N per instance's mean, specific ones
@@ -201,14 +209,14 @@ def _frames_needed(
         n.join(parts["private"], how="cross")
         .group_by("n")
         .agg(
-            (versions * (per_version_e + per_version_n)).sum().alias("none"),
-            (versions * (ksm_pages + per_version_n)).sum().alias("ksm"),
+            (w * versions * (per_version_e + per_version_n)).sum().alias("none"),
+            (w * versions * (ksm_pages + per_version_n)).sum().alias("ksm"),
         )
     )
     perfect = (
         n.join(parts["perfect"], how="cross")
         .group_by("n")
-        .agg(_share(big_n, pl.col("k"), pl.col("h"), j, instances).sum().alias("perfect"))
+        .agg((w * _share(big_n, pl.col("k"), pl.col("h"), j, instances)).sum().alias("perfect"))
     )
     out = n.join(ident, on="n", how="left").join(priv, on="n", how="left")
     out = out.join(perfect, on="n", how="left").with_columns(pl.exclude("n").fill_null(0.0))

@@ -44,12 +44,18 @@ def device_costs(data: Frames | HasFrames, pid: int) -> pl.DataFrame:
     f = as_frames(data)
     gm = guest_ram_map(f, pid)
     assert f.pages is not None
-    devices = gm.filter(~pl.col("block").is_in(main_blocks(f, pid)))
     mine = (
         f.pages.filter((pl.col("pid") == pid) & pl.col("present") & ~is_zero_page())
         .select(pl.col("vaddr").alias("hva"), "mapcount", "pfn")
         .collect()
     )
+    return costs_of_devices(gm, main_blocks(f, pid), mine)
+
+
+def costs_of_devices(gm: pl.DataFrame, main: list[str], mine: pl.DataFrame) -> pl.DataFrame:
+    """``device_costs``' rows from the guest's gpa map ``gm``, the names of its ``main``
+    RAM blocks and its present pages (``hva``, ``mapcount``, ``pfn``; the zero page aside)."""
+    devices = gm.filter(~pl.col("block").is_in(main))
     # Mappings of each frame by this process: a frame mapped only by it is its own.
     mine = mine.with_columns(pl.len().over("pfn").alias("own"))
     rows = devices.select("block", "hva").join(mine, on="hva", how="left")
@@ -77,4 +83,4 @@ def device_costs(data: Frames | HasFrames, pid: int) -> pl.DataFrame:
     )
 
 
-__all__ = ["DEVICES", "device_costs", "device_of"]
+__all__ = ["DEVICES", "costs_of_devices", "device_costs", "device_of"]

@@ -33,7 +33,10 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
     it), ``ksm_eligible``, ``guest_ram``, ``hugetlb`` (in a hugetlb page) and its
     ``page_size`` (the huge page's, else 4 KiB), ``ksm_barrier`` (why KSM cannot merge it:
     "hugetlb", "shared backend", else null), and the ``paths`` and ``kinds`` of the VMAs
-    that map it (``[unmapped]`` where none does, ``[image]`` in an image)."""
+    that map it (``[unmapped]`` where none does, ``[image]`` in an image). The capture's
+    own (``Frames.hashed``) where it was computed already."""
+    if f.hashed is not None:
+        return f.hashed
     frames = f.frames.filter(pl.col("hash").is_not_null())
     if not f.has_flags():
         return frames.select(

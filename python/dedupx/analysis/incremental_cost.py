@@ -114,10 +114,34 @@ def uss_breakdown(
         .select("pfn", "vaddr")
         .collect()
     )
+    frames = hashed_frames(f)
+    mine_h = frames.join(pages.filter(pl.col("pid") == pid).select("pfn").unique(), on="pfn")
+    rest_h = frames.join(mine_h.select("pfn"), on="pfn", how="anti").select("hash").unique()
+    unique = (
+        mine_h.select("hash")
+        .unique()
+        .join(rest_h, on="hash", how="anti")
+        .select(pl.len())
+        .collect()
+        .item()
+    )
+    return uss_summary(pid, mine, gm, main_blocks(f, pid), guest_frames, unique)
+
+
+def uss_summary(
+    pid: int,
+    mine: pl.DataFrame,
+    gm: pl.DataFrame,
+    main_blocks: list[str],
+    guest_frames: pl.DataFrame | None,
+    unique_contents: int,
+) -> dict[str, Any]:
+    """``uss_breakdown``'s figures from the guest's exclusive pages (``mine``: ``pfn``,
+    ``vaddr``), its gpa map ``gm`` and the names of its ``main_blocks``."""
     exclusive = mine.join(
         gm.select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left"
     )
-    main = pl.col("block").is_in(main_blocks(f, pid))
+    main = pl.col("block").is_in(main_blocks)
     ram = exclusive.filter(main)
     devices = exclusive.filter(pl.col("block").is_not_null() & ~main)
     out: dict[str, Any] = {
@@ -135,17 +159,7 @@ def uss_breakdown(
     }
     if guest_frames is not None:
         out["guest_ram_by_class"] = by_guest_class(ram, guest_frames, pl.col("pfn").n_unique())
-    frames = hashed_frames(f)
-    mine_h = frames.join(pages.filter(pl.col("pid") == pid).select("pfn").unique(), on="pfn")
-    rest_h = frames.join(mine_h.select("pfn"), on="pfn", how="anti").select("hash").unique()
-    out["unique_contents"] = (
-        mine_h.select("hash")
-        .unique()
-        .join(rest_h, on="hash", how="anti")
-        .select(pl.len())
-        .collect()
-        .item()
-    )
+    out["unique_contents"] = unique_contents
     out["mib"] = pages_to_mib(out["pages"])
     return out
 
@@ -160,23 +174,41 @@ QEMU_PARTS = {
 }
 
 
-def _rows(f: Frames, pid: int, gm: pl.DataFrame, main: list[str]) -> pl.LazyFrame:
-    """The guest's present pages (the zero page aside), each with its VMA, its guest page
+def cost_rows(f: Frames, gm: pl.DataFrame, main: pl.DataFrame) -> pl.LazyFrame:
+    """The guests' present pages (the zero page aside), each with its VMA, its guest page
     (if any) and what a policy may merge it with: ``copy`` (it stands for a page of its
     own: each mapping of a KSM page, the first mapping of a frame only this process maps),
-    ``eligible`` (KSM could merge it) and ``part`` (what it is to QEMU or the guest)."""
+    ``eligible`` (KSM could merge it) and ``part`` (what it is to QEMU or the guest). The
+    guests are the PIDs of ``main`` (``pid``, ``block``: the blocks of each one's main
+    RAM); ``gm`` holds their gpa maps."""
     assert f.pages is not None and f.vmas is not None
-    mine = f.pages.filter((pl.col("pid") == pid) & pl.col("present") & ~is_zero_page())
-    mine = mine.join(
-        f.vmas.filter(pl.col("pid") == pid).select("vma_id", "mergeable", "kind"),
-        on="vma_id",
-        how="left",
-    ).join(gm.lazy().select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left")
-    m_v = pl.len().over("pfn")
-    first = pl.col("vaddr") == pl.col("vaddr").min().over("pfn")
+    pids = main.select(pl.col("pid").cast(pl.UInt32)).unique()
+    mine = f.pages.filter(pl.col("present") & ~is_zero_page()).join(
+        pids.lazy(), on="pid", how="semi"
+    )
+    mine = (
+        mine.join(
+            f.vmas.select("pid", "vma_id", "mergeable", "kind"), on=["pid", "vma_id"], how="left"
+        )
+        .join(
+            gm.lazy().select(
+                pl.col("pid").cast(pl.UInt32), pl.col("hva").alias("vaddr"), "gpa", "block"
+            ),
+            on=["pid", "vaddr"],
+            how="left",
+        )
+        .join(
+            main.lazy().select(pl.col("pid").cast(pl.UInt32), "block", pl.lit(True).alias("main")),
+            on=["pid", "block"],
+            how="left",
+        )
+    )
+    frame = ["pid", "pfn"]
+    m_v = pl.len().over(frame)
+    first = pl.col("vaddr") == pl.col("vaddr").min().over(frame)
     exclusive = pl.col("mapcount") <= m_v
     part = (
-        pl.when(pl.col("block").is_in(main))
+        pl.when(pl.col("main").fill_null(False))
         .then(pl.lit("guest RAM"))
         .when(pl.col("block").is_not_null())
         .then(pl.format("device RAM {}", pl.col("block")))
@@ -189,6 +221,28 @@ def _rows(f: Frames, pid: int, gm: pl.DataFrame, main: list[str]) -> pl.LazyFram
         part.alias("part"),
         pl.col("zero").fill_null(False),
     ).filter(pl.col("copy"))
+
+
+def main_frame(pid: int, blocks: list[str]) -> pl.DataFrame:
+    """A guest's main RAM blocks as ``cost_rows`` takes them."""
+    return pl.DataFrame(
+        {"pid": [pid] * len(blocks), "block": blocks},
+        schema={"pid": pl.UInt32, "block": pl.String},
+    )
+
+
+def ksm_cost(m: int, zero_free: bool) -> pl.Expr:
+    """What each of ``cost_rows``'s rows costs under KSM, ``seen`` being non-null where
+    another process holds the content KSM-eligibly. Equal eligible copies of the guest's
+    own merge into ceil(copies / m) KSM pages (none if another process holds the content:
+    they join its KSM page); the first of them in address order carry the cost."""
+    group = ["pid", "content", "eligible"]
+    rank = pl.col("vaddr").rank("ordinal").over(group)
+    kept = (pl.len().over(group) + m - 1) // m
+    merged_cost = pl.col("seen").is_null() & (rank <= kept)
+    if zero_free:
+        merged_cost = merged_cost & ~pl.col("zero")
+    return pl.when(pl.col("eligible")).then(merged_cost.cast(pl.Int64)).otherwise(1)
 
 
 def _elsewhere(f: Frames, pid: int, eligible_only: bool) -> pl.LazyFrame:
@@ -237,7 +291,7 @@ def incremental_cost(
         raise UsageError(f"policy must be none, ksm or perfect, not {policy!r}")
     f = as_frames(data)
     gm = guest_ram_map(f, pid)
-    rows = _rows(f, pid, gm, main_blocks(f, pid))
+    rows = cost_rows(f, gm, main_frame(pid, main_blocks(f, pid)))
     if policy == "none":
         cost = pl.lit(1)
     elif policy == "perfect":
@@ -256,17 +310,15 @@ def incremental_cost(
             on="content",
             how="left",
         )
-        # Equal eligible copies of the guest's own merge into ceil(copies / m) KSM pages
-        # (none if another process holds the content: they join its KSM page); the first
-        # of them in address order carry the cost.
-        group = ["content", "eligible"]
-        rank = pl.col("vaddr").rank("ordinal").over(group)
-        kept = (pl.len().over(group) + m - 1) // m
-        merged_cost = pl.col("seen").is_null() & (rank <= kept)
-        if zero_free:
-            merged_cost = merged_cost & ~pl.col("zero")
-        cost = pl.when(pl.col("eligible")).then(merged_cost.cast(pl.Int64)).otherwise(1)
+        cost = ksm_cost(m, zero_free)
     costed = rows.with_columns(cost.alias("cost")).filter(pl.col("cost") > 0).collect()
+    return cost_summary(pid, policy, costed, guest_frames)
+
+
+def cost_summary(
+    pid: int, policy: str, costed: pl.DataFrame, guest_frames: pl.DataFrame | None
+) -> dict[str, Any]:
+    """``incremental_cost``'s figures from the guest's ``cost_rows`` that cost (``cost``)."""
     ram = costed.filter(pl.col("part") == "guest RAM")
     out: dict[str, Any] = {
         "pid": pid,

@@ -45,6 +45,8 @@ class Frames:
     mapped virtual page; ``vmas``; ``processes`` (``pid``, ``comm``, ``cmdline`` as a list,
     ``kind``, ...); ``gpa_map`` (guest-physical to host pages of QEMU processes, by
     ``pid``). Any but ``frames`` may be ``None`` where the capture has no such thing.
+    ``hashed``: the content view (dedupx.analysis.hashed_frames), once computed for a run
+    of analyses of the capture to share (``with_hashed``), else ``None``.
     """
 
     frames: pl.LazyFrame
@@ -53,6 +55,12 @@ class Frames:
     vmas: pl.LazyFrame | None = None
     processes: pl.LazyFrame | None = None
     gpa_map: pl.LazyFrame | None = None
+    hashed: pl.LazyFrame | None = None
+
+    def with_hashed(self, hashed: pl.DataFrame) -> Frames:
+        """The same capture with its content view computed: the analyses that read it
+        read this one instead of computing it again."""
+        return dataclasses.replace(self, hashed=hashed.lazy())
 
     def has_flags(self) -> bool:
         """Whether frames carry kpageflags (a memory image's do not: anon and file cannot
@@ -65,7 +73,7 @@ class Frames:
             return self
         new = gpa_map.lazy()
         merged = new if self.gpa_map is None else pl.concat([self.gpa_map, new], how="diagonal")
-        return dataclasses.replace(self, gpa_map=merged)
+        return dataclasses.replace(self, gpa_map=merged, hashed=None)
 
     def restrict(self, pages: pl.Expr) -> Frames:
         """The capture narrowed to the pages matching ``pages`` (an expression over the
@@ -75,7 +83,7 @@ class Frames:
         kept = self.pages.filter(pages)
         pfns = kept.filter(holds_frame()).select("pfn").unique()
         return dataclasses.replace(
-            self, pages=kept, frames=self.frames.join(pfns, on="pfn", how="semi")
+            self, pages=kept, frames=self.frames.join(pfns, on="pfn", how="semi"), hashed=None
         )
 
     def require(self, analysis: str, *names: str) -> None:

@@ -7,12 +7,14 @@ from typing import Any
 import polars as pl
 
 from dedupx.analysis.containers import containers
-from dedupx.analysis.dedup_matrix import dedup_matrix, group_matrix
-from dedupx.analysis.device_cost import device_costs
+from dedupx.analysis.dedup_matrix import group_matrix
 from dedupx.analysis.duplicates import SAVING_COLUMNS, duplicates, top_duplicates
 from dedupx.analysis.footprint import footprint, group_footprints
 from dedupx.analysis.guest_memory import guest_classes, inactive_bloat
-from dedupx.analysis.incremental_cost import incremental_cost, uss_breakdown
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.analysis.incremental_cost import told_frames
+from dedupx.analysis.vm_costs import guest_maps, vm_device_costs, vm_incremental_costs, vm_uss
+from dedupx.analysis.vm_matrices import vm_matrices
 from dedupx.exceptions import DedupxError
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.read_changes import CHANGE_COLUMNS, with_change_columns
@@ -25,23 +27,37 @@ from dedupx.sources.guest_view import GuestView
 def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[dict[str, Any]]:
     """Per VM: its dedup matrix, its USS by cause, its incremental cost given the rest
     (KSM as configured), and with a guest's own view, its pages by guest class and its
-    inactive-LRU bloat."""
+    inactive-LRU bloat. Each is computed for every VM at once: one pass over the frames,
+    not one per VM."""
     assert f.processes is not None
     vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm", "cmdline").collect()
+    views = guests or {}
+    matrices = vm_matrices(f)
+    maps, errors = guest_maps(f, list(vms["pid"]))
+    told = {}
+    for pid in list(maps):
+        try:
+            told[pid] = told_frames(pid, views.get(pid), None)
+        except DedupxError as e:
+            errors[pid] = str(e)
+            del maps[pid]
+    uss = vm_uss(f, maps, told)
+    costs = vm_incremental_costs(f, maps, told)
+    devices = vm_device_costs(f, maps)
     out = []
     for pid, comm, argv in vms.iter_rows():
         r: dict[str, Any] = {"pid": pid, "comm": comm}
         if f.vmas is not None:  # what backs its RAM, shown beside what is counted as anon
             vmas = f.vmas.filter(pl.col("pid") == pid).collect()
             r["ram"] = describe_ram(parse_qemu_cmdline(list(argv)), vmas)
-        view = (guests or {}).get(pid)
-        r["dedup_matrix"] = dedup_matrix(f, pid).to_dicts()
-        try:
-            r["uss"] = uss_breakdown(f, pid, guest=view)
-            r["incremental_cost"] = incremental_cost(f, pid, guest=view)
-            r["devices"] = device_costs(f, pid).to_dicts()
-        except DedupxError as e:
-            r["incremental_cost_error"] = str(e)
+        view = views.get(pid)
+        r["dedup_matrix"] = matrices[pid].to_dicts()
+        if pid in errors:
+            r["incremental_cost_error"] = errors[pid]
+        else:
+            r["uss"] = uss[pid]
+            r["incremental_cost"] = costs[pid]
+            r["devices"] = devices[pid].to_dicts()
         if view is not None:
             r["guest_classes"] = guest_classes(view)
             r["bloat"] = inactive_bloat(view)
@@ -63,6 +79,8 @@ def snapshot_report(
     data: Frames | HasFrames, top: int = 10, guests: dict[int, GuestView] | None = None
 ) -> dict[str, Any]:
     f = as_frames(data)
+    # Every analysis below reads the content view: computed once, here.
+    f = f.with_hashed(hashed_frames(f).collect())
     m = f.provenance.manifest
     report: dict[str, Any] = {
         "path": str(f.provenance.path),

@@ -1,0 +1,190 @@
+"""Every guest's USS and incremental cost in one pass over the pages and frames
+(``uss_breakdown`` and ``incremental_cost`` for each guest, KSM as the policy).
+
+One guest's figures need what the others hold: the frames no other process maps (USS), the
+contents no other process holds (its unique contents), and the contents another process
+holds KSM-eligibly (its cost under KSM). Each is counted once for all guests, by who holds
+a frame or content, instead of once per guest against everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+
+from dedupx.analysis.density import use_zero_pages
+from dedupx.analysis.device_cost import costs_of_devices
+from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.analysis.incremental_cost import (
+    cost_rows,
+    cost_summary,
+    guest_ram_map,
+    ksm_cost,
+    main_blocks,
+    main_frame,
+    uss_summary,
+)
+from dedupx.analysis.ksm import max_page_sharing
+from dedupx.exceptions import DedupxError
+from dedupx.model.frames import Frames
+from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
+
+
+def guest_maps(f: Frames, pids: Sequence[int]) -> tuple[dict[int, pl.DataFrame], dict[int, str]]:
+    """Each guest's gpa map and main RAM blocks, and for the guests that have none, why.
+    The guests' pages, VMAs and maps are read once for all of them."""
+    if f.pages is not None and f.vmas is not None and f.processes is not None:
+        guests = _pids(pids)
+        f = dataclasses.replace(
+            f,
+            pages=f.pages.join(guests, on="pid", how="semi")
+            .select("pid", "vaddr", "pfn", "present")
+            .collect()
+            .lazy(),
+            vmas=f.vmas.join(guests, on="pid", how="semi").collect().lazy(),
+            processes=f.processes.join(guests, on="pid", how="semi").collect().lazy(),
+            gpa_map=None if f.gpa_map is None else f.gpa_map.collect().lazy(),
+        )
+    maps, errors = {}, {}
+    for pid in pids:
+        try:
+            maps[pid] = guest_ram_map(f, pid)
+        except DedupxError as e:
+            errors[pid] = str(e)
+    return maps, errors
+
+
+def _pids(pids: Sequence[int]) -> pl.LazyFrame:
+    return pl.LazyFrame({"pid": list(pids)}, schema={"pid": pl.UInt32})
+
+
+def vm_uss(
+    f: Frames,
+    maps: Mapping[int, pl.DataFrame],
+    guest_frames: Mapping[int, pl.DataFrame | None] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """``uss_breakdown`` of each guest of ``maps`` (their gpa maps, as ``guest_maps``
+    gives them), by PID."""
+    assert f.pages is not None
+    pids = list(maps)
+    if not pids:
+        return {}
+    pages = f.pages.filter(pl.col("present"))
+    # A frame is a guest's own when it alone maps it: one holder, and that is the guest.
+    holders = pages.group_by("pfn").agg(pl.col("pid").n_unique().alias("n"), pl.col("pid").first())
+    own = holders.filter(pl.col("n") == 1).select("pfn", "pid")
+    mine = (
+        pages.join(_pids(pids), on="pid", how="semi")
+        .join(own, on=["pfn", "pid"], how="semi")
+        .select("pid", "pfn", "vaddr")
+        .collect()
+        .partition_by("pid", as_dict=True, include_key=False)
+    )
+    # A content is a guest's alone when all the frames that hold it are frames it maps.
+    frames = hashed_frames(f).select("pfn", "hash")
+    theirs = pages.join(_pids(pids), on="pid", how="semi").select("pid", "pfn").unique()
+    copies = frames.group_by("hash").agg(pl.len().alias("all"))
+    unique = (
+        frames.join(theirs, on="pfn")
+        .group_by("pid", "hash")
+        .agg(pl.len().alias("mine"))
+        .join(copies, on="hash")
+        .filter(pl.col("mine") == pl.col("all"))
+        .group_by("pid")
+        .agg(pl.len())
+        .collect()
+    )
+    unique_by_pid = dict(unique.iter_rows())
+    empty = pl.DataFrame(schema={"pfn": pl.UInt64, "vaddr": pl.UInt64})
+    told = guest_frames or {}
+    return {
+        pid: uss_summary(
+            pid,
+            mine.get((pid,), empty),
+            maps[pid],
+            main_blocks(f, pid),
+            told.get(pid),
+            int(unique_by_pid.get(pid, 0)),
+        )
+        for pid in pids
+    }
+
+
+def vm_incremental_costs(
+    f: Frames,
+    maps: Mapping[int, pl.DataFrame],
+    guest_frames: Mapping[int, pl.DataFrame | None] | None = None,
+    *,
+    max_sharing: int | None = None,
+    zero_pages_free: bool | None = None,
+) -> dict[int, dict[str, Any]]:
+    """``incremental_cost`` of each guest of ``maps`` under KSM, by PID."""
+    assert f.pages is not None and f.vmas is not None
+    pids = list(maps)
+    if not pids:
+        return {}
+    m = max_sharing or max_page_sharing()
+    zero_free = use_zero_pages() if zero_pages_free is None else zero_pages_free
+    main = pl.concat([main_frame(pid, main_blocks(f, pid)) for pid in pids])
+    gm = pl.concat(
+        [g.select(pl.col("pid").cast(pl.UInt32), "hva", "gpa", "block") for g in maps.values()]
+    )
+    # Who holds each content KSM-eligibly: a guest's copy is seen elsewhere when another
+    # process does (more than one holder, or one that is not the guest).
+    eligible = (
+        f.pages.filter(pl.col("present"))
+        .join(f.vmas.select("pid", "vma_id", "mergeable"), on=["pid", "vma_id"], how="left")
+        .filter(is_ksm() | is_ksm_eligible(pl.col("mergeable").fill_null(False)))
+        .select("pid", pl.col("hash").alias("content"))
+        .drop_nulls()
+        .group_by("content")
+        .agg(pl.col("pid").n_unique().alias("holders"), pl.col("pid").first().alias("holder"))
+    )
+    seen = (pl.col("holders") > 1) | (pl.col("holder") != pl.col("pid"))
+    rows = (
+        cost_rows(f, gm, main)
+        .join(eligible, on="content", how="left")
+        .with_columns(pl.when(seen).then(pl.lit(True)).alias("seen"))
+    )
+    told = {pid: g for pid, g in (guest_frames or {}).items() if g is not None}
+    # The summary adds costs up by part and block, and by guest page for the guests that
+    # say what their pages are: added up by those here, the rows need not be kept.
+    told_pids = pl.LazyFrame({"pid": list(told)}, schema={"pid": pl.UInt32})
+    costed = (
+        rows.with_columns(ksm_cost(m, zero_free).alias("cost"))
+        .filter(pl.col("cost") > 0)
+        .join(told_pids.with_columns(pl.lit(True).alias("told")), on="pid", how="left")
+        .with_columns(pl.when(pl.col("told")).then(pl.col("gpa")).alias("gpa"))
+        .group_by("pid", "part", "block", "gpa")
+        .agg(pl.col("cost").sum())
+        .collect()
+    )
+    parts = costed.partition_by("pid", as_dict=True)
+    empty = costed.clear()
+    return {pid: cost_summary(pid, "ksm", parts.get((pid,), empty), told.get(pid)) for pid in pids}
+
+
+def vm_device_costs(f: Frames, maps: Mapping[int, pl.DataFrame]) -> dict[int, pl.DataFrame]:
+    """``device_costs`` of each guest of ``maps``, by PID: the guests' pages read once."""
+    assert f.pages is not None
+    pids = list(maps)
+    if not pids:
+        return {}
+    pages = (
+        f.pages.filter(pl.col("present") & ~is_zero_page())
+        .join(_pids(pids), on="pid", how="semi")
+        .select("pid", pl.col("vaddr").alias("hva"), "mapcount", "pfn")
+        .collect()
+    )
+    parts = pages.partition_by("pid", as_dict=True, include_key=False)
+    empty = pages.clear().drop("pid")
+    return {
+        pid: costs_of_devices(maps[pid], main_blocks(f, pid), parts.get((pid,), empty))
+        for pid in pids
+    }
+
+
+__all__ = ["guest_maps", "vm_device_costs", "vm_incremental_costs", "vm_uss"]
