@@ -37,9 +37,15 @@ pub fn is_zero(page: &[u8]) -> bool {
         // SAFETY: u64 has no invalid bit patterns; align_to only hands out aligned words.
         unsafe { page.align_to::<u64>() }
     };
+    // Blocks of 256 bytes, each OR-ed in vector registers: a page holding data fails in its
+    // first block almost always, so the test costs it next to nothing. Reading the whole
+    // page (one fold over all of it) cost as much as the hashing it spared: on a target
+    // with 1/8 zero pages, copy + test + hash ran slower than copy + hash of every page.
     head.iter().all(|&b| b == 0)
         && tail.iter().all(|&b| b == 0)
-        && words.iter().fold(0u64, |acc, &w| acc | w) == 0
+        && words
+            .chunks(32)
+            .all(|block| block.iter().fold(0u64, |acc, &w| acc | w) == 0)
 }
 
 /// The hash of an all-zero page, computed once.
