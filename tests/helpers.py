@@ -64,13 +64,19 @@ class LayoutProcess:
 
 
 def start_layout(
-    binary: Path, workdir: Path, spec: dict[str, list[bytes]], zeroread: int = 0
+    binary: Path,
+    workdir: Path,
+    spec: dict[str, list[bytes]],
+    zeroread: int = 0,
+    populate_libs: bool = False,
 ) -> LayoutProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     for name, pages in spec.items():
         (workdir / name).write_bytes(b"".join(pages))
     if zeroread:
         (workdir / "zeroread.n").write_text(str(zeroread))
+    if populate_libs:
+        (workdir / "populate_libs").touch()
     proc = subprocess.Popen([str(binary), str(workdir)], stdout=subprocess.PIPE, text=True)
     regions: dict[str, tuple[int, int]] = {}
     assert proc.stdout is not None
