@@ -76,9 +76,7 @@ impl KpageFiles {
     pub fn read_counts(&self, pfns: &[u64]) -> Result<Vec<u64>> {
         read_file(&self.count, &self.count_path, pfns)
     }
-}
 
-impl KpageFiles {
     /// The map counts of `pfns` (sorted, distinct), reading only those of pages that
     /// pagemap did not show mapped once: `exclusive[i]` is pagemap's bit 56 for a page
     /// mapping `pfns[i]`, and `flags[i]` its flags. An exclusive page that is not part of

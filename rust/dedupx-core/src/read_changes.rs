@@ -140,21 +140,25 @@ pub fn changed_pages(
             }
             let (before, before_entries) = (&vaddr[rows.clone()], &first[rows]);
             let pieces = pagemap.pieces(vma.start, vma.end, PIECE_PAGES);
+            // Each piece with the first reading's rows in it (pieces are sorted and disjoint).
+            let rows: Vec<(u64, u64, usize, usize)> = pieces
+                .iter()
+                .map(|&(a, b)| {
+                    let lo = before.partition_point(|&va| va < a);
+                    (a, b, lo, before.partition_point(|&va| va < b))
+                })
+                .collect();
             // First-reading pages outside every piece are no longer mapped.
             let mut covered = 0usize;
             let mut outside = 0u64;
-            for &(a, b) in &pieces {
-                let lo = before.partition_point(|&va| va < a);
-                let hi = before.partition_point(|&va| va < b);
+            for &(_, _, lo, hi) in &rows {
                 outside += count_frames(&before_entries[covered.min(lo)..lo]);
                 covered = covered.max(hi);
             }
             outside += count_frames(&before_entries[covered..]);
-            let inside: u64 = pieces
+            let inside: u64 = rows
                 .par_iter()
-                .map(|&(a, b)| {
-                    let lo = before.partition_point(|&va| va < a);
-                    let hi = before.partition_point(|&va| va < b);
+                .map(|&(a, b, lo, hi)| {
                     compare_piece(pagemap, a, b, &before[lo..hi], &before_entries[lo..hi])
                 })
                 .sum::<Result<u64>>()?;
