@@ -79,7 +79,8 @@ def snapshot_report(
     data: Frames | HasFrames, top: int = 10, guests: dict[int, GuestView] | None = None
 ) -> dict[str, Any]:
     f = as_frames(data)
-    # Every analysis below reads the content view: computed once, here.
+    # Every analysis below reads the mappings and the content view: read once, here.
+    f = f.with_mappings_read()
     f = f.with_hashed(hashed_frames(f).collect())
     m = f.provenance.manifest
     report: dict[str, Any] = {

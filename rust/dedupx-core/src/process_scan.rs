@@ -71,7 +71,7 @@ pub struct ScanStats {
     /// What changed in the process between the first reading and the re-check after the last.
     pub changes: ReadChanges,
     pub threads: usize,
-    /// Wall-clock milliseconds per stage: pagemap, kpageflags, hash, recheck, assemble.
+    /// Wall-clock milliseconds per stage: pagemap, kpageflags, plan, hash, recheck, assemble.
     pub stage_ms: StageTimes,
 }
 
@@ -150,6 +150,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         let plan = ReadPlan::new(tasks, uniq.len())?;
         let source = ProcessPages::one(ProcessFiles::open(root, pid)?, &uniq, &unpinned);
         let total = plan.len() as u64;
+        clock.lap("plan");
         check(progress, "hash", 0, total)?;
         let read = read_and_hash(
             &source,
@@ -406,6 +407,10 @@ fn distinct_pfns(entries: &[PagemapEntry]) -> (Vec<u64>, Vec<u32>) {
 /// kernel zero page is never read (it is known to hold zeros): its slot is filled here.
 /// Returns the tasks, how many PFNs could not be read through any mapping, and the slots
 /// to read without pinning (`kpageflags::pin_would_unshare`).
+///
+/// `entries` are in address order, so the tasks come out sorted as they are found: one
+/// pass with a bit per PFN, no per-PFN reader table and no sort (this took 23 ms of a
+/// 1 GiB scan's 460 when it kept both).
 #[allow(clippy::too_many_arguments)]
 fn plan_reads(
     pid: u32,
@@ -418,7 +423,9 @@ fn plan_reads(
     contents: &mut Contents,
 ) -> (Vec<ReadTask>, u64, BitVec) {
     let n = flags.len();
-    let mut reader = vec![u32::MAX; n];
+    let mut planned = BitVec::zeros(n);
+    let mut unpinned = BitVec::zeros(n);
+    let mut tasks = Vec::with_capacity(n);
     let mut zero_pages = 0u64;
     for (i, e) in entries.iter().enumerate() {
         if !e.present() {
@@ -431,27 +438,18 @@ fn plan_reads(
                 contents.hashed[u] = true;
                 zero_pages += 1;
             }
-        } else if reader[u] == u32::MAX && vmas[vma_id[i] as usize].readable() {
-            reader[u] = i as u32;
+        } else if !planned.get(u) && vmas[vma_id[i] as usize].readable() {
+            planned.replace(u, true);
+            unpinned.replace(u, pin_would_unshare(flags[u], e.exclusive()));
+            tasks.push(ReadTask {
+                stream: pid,
+                addr: vaddr[i],
+                slot: u as u32,
+            });
         }
     }
-    let mut tasks: Vec<ReadTask> = reader
-        .iter()
-        .enumerate()
-        .filter(|(_, &r)| r != u32::MAX)
-        .map(|(u, &r)| ReadTask {
-            stream: pid,
-            addr: vaddr[r as usize],
-            slot: u as u32,
-        })
-        .collect();
-    tasks.sort_unstable_by_key(|t| t.addr);
+    debug_assert!(tasks.is_sorted_by_key(|t| t.addr));
     let unreadable = (n - tasks.len()) as u64 - zero_pages;
-    let unpinned = reader
-        .iter()
-        .zip(flags)
-        .map(|(&r, &f)| r != u32::MAX && pin_would_unshare(f, entries[r as usize].exclusive()))
-        .collect();
     (tasks, unreadable, unpinned)
 }
 
