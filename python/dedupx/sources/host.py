@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from dedupx.store.snapshot import base_manifest
 FRAMES_CHUNK = 1 << 16
 FRAMES_PART_ROWS = 1 << 18
 PAGES_PART_ROWS = 1 << 16
+FRAMES_AHEAD = 2
 
 
 def guest_files(proc_root: str = "/proc") -> list[str]:
@@ -112,17 +114,17 @@ def snapshot(
         ]
         total = sum(end - start for start, end in spans)
         done = 0
-        # The next chunk's flags are read (by the core, without the GIL) while this one is
+        # The next chunks' flags are read (by the core, without the GIL) while this one is
         # converted and written: reading and writing each leave a core idle at times.
         part: list[pl.DataFrame] = []
-        with ThreadPoolExecutor(1) as reader:
-            ahead = [reader.submit(hs.frames, *span) for span in spans[:1]]
+        with ThreadPoolExecutor(FRAMES_AHEAD) as reader:
+            ahead = deque(reader.submit(hs.frames, *span) for span in spans[:FRAMES_AHEAD])
             for i, (start, end) in enumerate(spans):
                 if progress:
                     progress("frames", done, total)
-                table = ahead.pop().result()
-                if i + 1 < len(spans):
-                    ahead.append(reader.submit(hs.frames, *spans[i + 1]))
+                table = ahead.popleft().result()
+                if i + FRAMES_AHEAD < len(spans):
+                    ahead.append(reader.submit(hs.frames, *spans[i + FRAMES_AHEAD]))
                 part.append(pl.DataFrame(table))
                 done += end - start
                 if sum(c.height for c in part) >= FRAMES_PART_ROWS or i + 1 == len(spans):

@@ -160,22 +160,38 @@ fn coalesce(pfns: &[u64]) -> Vec<Run> {
 }
 
 fn read_run(file: &File, path: &Path, run: &Run, wanted: &[u64], dst: &mut [u64]) -> Result<()> {
-    let mut buf = vec![0u8; run.len as usize * 8];
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file
-            .read_at(&mut buf[filled..], run.start * 8 + filled as u64)
-            .map_err(|e| ScanError::from_kernel_io(path.to_path_buf(), e))?;
-        if n == 0 {
-            break; // past the end of physical memory: the rest stays 0
-        }
-        filled += n;
+    if run.len as usize == wanted.len() {
+        // Every PFN of the run is wanted (a host's unmapped memory, mostly): read straight
+        // into the result, with no buffer to fault in and copy out of.
+        // SAFETY: the bytes of `dst` (u64s, for which any bit pattern is valid), viewed as
+        // bytes for the length of the borrow.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 8) };
+        return fill(file, path, run.start * 8, bytes);
     }
+    let mut buf = vec![0u8; run.len as usize * 8];
+    fill(file, path, run.start * 8, &mut buf)?;
     for (d, &pfn) in dst.iter_mut().zip(wanted) {
         let off = ((pfn - run.start) * 8) as usize;
         let mut word = [0u8; 8];
         word.copy_from_slice(&buf[off..off + 8]);
         *d = u64::from_ne_bytes(word);
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes of a kpage* file from `offset`; past the end of physical memory
+/// the rest of `buf` is left as it is (zeros).
+fn fill(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file
+            .read_at(&mut buf[filled..], offset + filled as u64)
+            .map_err(|e| ScanError::from_kernel_io(path.to_path_buf(), e))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
     }
     Ok(())
 }
