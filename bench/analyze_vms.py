@@ -13,6 +13,7 @@ Each timing runs in a fresh interpreter, so that no cache of an earlier one help
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,16 @@ def main() -> None:
             print(f"per VM ratio {hi}/{lo} VMs: {b_hi / b_lo:.2f}")
         print(f"one pass ratio {hi}/{lo} VMs: {a_hi / a_lo:.2f}")
         print(f"analyze ratio {hi}/{lo} VMs: {w_hi / w_lo:.2f} (target <= {TARGET_RATIO:.0f})")
+    summary: dict[str, float] = {}
+    for n, (before, after, whole) in rows.items():
+        label = "synthetic" if n < 0 else f"{n}_vms"
+        if before is not None:
+            summary[f"per_vm_seconds_{label}"] = round(before, 3)
+        summary[f"one_pass_seconds_{label}"] = round(after, 3)
+        summary[f"analyze_seconds_{label}"] = round(whole, 3)
+    if lo in rows and hi in rows and lo != hi:
+        summary["analyze_seconds_ratio"] = round(rows[hi][2] / rows[lo][2], 2)
+    print(json.dumps(summary))  # last line: bench/ab.py reads it
 
 
 if __name__ == "__main__":

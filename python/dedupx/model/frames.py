@@ -62,18 +62,6 @@ class Frames:
         read this one instead of computing it again."""
         return dataclasses.replace(self, hashed=hashed.lazy())
 
-    def with_mappings_read(self) -> Frames:
-        """The same capture with its pages, VMAs, processes and gpa map read into memory:
-        a run of analyses joins them many times, and on a snapshot each join would decode
-        the Parquet again (with 10 VMs, 42% of ``dedupx analyze``'s time). They are the
-        small tables: one row per mapped page at most, where ``frames`` has one per PFN."""
-        read = {
-            n: getattr(self, n).collect().lazy()
-            for n in ("pages", "vmas", "processes", "gpa_map")
-            if getattr(self, n) is not None
-        }
-        return dataclasses.replace(self, **read)
-
     def has_flags(self) -> bool:
         """Whether frames carry kpageflags (a memory image's do not: anon and file cannot
         be told apart there). A method: on a snapshot it reads the Parquet schema."""

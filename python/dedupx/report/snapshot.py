@@ -79,8 +79,7 @@ def snapshot_report(
     data: Frames | HasFrames, top: int = 10, guests: dict[int, GuestView] | None = None
 ) -> dict[str, Any]:
     f = as_frames(data)
-    # Every analysis below reads the mappings and the content view: read once, here.
-    f = f.with_mappings_read()
+    # Every analysis below reads the content view: computed once, here.
     f = f.with_hashed(hashed_frames(f).collect())
     m = f.provenance.manifest
     report: dict[str, Any] = {
