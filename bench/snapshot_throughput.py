@@ -34,7 +34,15 @@ dedupx.snapshot(out, page_cache=walk)
 secs = time.perf_counter() - t0
 m = json.load(open(os.path.join(out, "manifest.json")))
 c = m["coverage"]
+# The floor a frames table with one row per PFN of RAM sets: the kernel's CPU time for
+# the flags of every PFN, read in large blocks (one thread).
+cpu0 = time.process_time()
+with open("/proc/kpageflags", "rb", buffering=0) as kf:
+    while kf.read(1 << 18):
+        pass
+flags_cpu = time.process_time() - cpu0
 print(json.dumps({"seconds": secs, "peak": status("VmHWM") - before,
+                  "all_flags_cpu_seconds": flags_cpu,
                   "hashed": c["pages_hashed"],
                   "ram": c.get("pages_in_scope", c.get("pages_of_ram")),
                   "mapped_pages": m["rows"]["pages"], "frames": m["rows"]["frames"],
@@ -81,6 +89,11 @@ def main() -> None:
             w = r["walk"]
             print(f"page-cache walk: {w['seconds']:.2f} s, {w['files']:,} files")
         print(f"hashed pages: {rate:6.3f} GB/s; peak memory {per_page:.1f} bytes per hashed page")
+        print(
+            f"kpageflags of every PFN alone: {r['all_flags_cpu_seconds']:.2f} s of CPU, "
+            f"{r['all_flags_cpu_seconds'] / 2:.2f} s on two threads: the floor of a frames "
+            "table with a row per PFN of RAM, with nothing else done"
+        )
         print(
             json.dumps(
                 {**r, "gbps": round(rate, 3), "peak_bytes_per_hashed_page": round(per_page, 1)}
