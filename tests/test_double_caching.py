@@ -16,6 +16,7 @@ import polars as pl
 import dedupx
 from dedupx.model.kpageflags import KPF_ANON, KPF_SWAPBACKED
 from guest_kit import VARIANT_PAYLOAD_MIB, Guest, ensure_packages, guest_assets
+from helpers import keep_warm
 
 PAGE = 4096
 
@@ -29,9 +30,16 @@ def test_guest_disk_cache_duplicates_guest_ram(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     disk.write_bytes(payload)  # just written: all of it in the host page cache
     drive = ("-drive", f"file={disk},format=raw,if=none,id=d0")
-    with Guest(
-        guest_assets(variant="b"), mem_mib=256, name="cached", workdir=tmp_path, extra_args=drive
-    ) as g:
+    with (
+        keep_warm([disk]),  # cached until the snapshot, whatever reclaim does meanwhile
+        Guest(
+            guest_assets(variant="b"),
+            mem_mib=256,
+            name="cached",
+            workdir=tmp_path,
+            extra_args=drive,
+        ) as g,
+    ):
         g.stop()
         # The guest's own disk only (its open files are hashed whatever the walk): copies
         # of the same payload left by earlier runs' temporary directories must not count.

@@ -6,12 +6,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +16,7 @@ import pytest
 
 import dedupx
 from guest_kit import Guest, ensure_packages, guest_assets, host_files
-from helpers import PAGE, ZERO_HASH, LayoutProcess, start_layout, stop
+from helpers import PAGE, ZERO_HASH, LayoutProcess, keep_warm, start_layout, stop
 
 COPIES = 300  # pages of the fixture that copy pages of the cached file
 FILE_PAGES = 1024
@@ -66,25 +63,6 @@ def cached_file(tmp_path: Path) -> Path:
     path = tmp_path / "host-file.bin"
     sh(f"head -c {FILE_PAGES * PAGE} /dev/urandom > {path}")
     return path
-
-
-@contextmanager
-def keep_warm(paths: list[Path]) -> Iterator[None]:
-    """Read ``paths`` again every 0.2 s from another process: this host runs DAMON's
-    proactive reclaim, which evicts page cache left unread for seconds (loaded CI runs lost
-    11% of an unmapped file during the walk, and 5% of three host libraries while two
-    guests booted). A read marks the pages accessed; it never maps them, and the reader's
-    128 KiB buffer is anon memory, not page cache."""
-    files = " ".join(shlex.quote(str(p)) for p in paths)
-    reader = subprocess.Popen(
-        ["sh", "-c", f"while :; do cat {files} > /dev/null; sleep 0.2; done"],
-        start_new_session=True,
-    )
-    try:
-        yield
-    finally:
-        os.killpg(reader.pid, signal.SIGKILL)  # the loop and its cat: the group we started
-        reader.wait()
 
 
 @pytest.fixture
@@ -200,10 +178,13 @@ def test_guest_holding_host_files_shows_in_the_vm_host_cell(tmp_path: Path) -> N
     want.discard(ZERO_HASH)
     for p in files:  # cached, as a host that runs programs linked to them has them
         subprocess.run(["cat", str(p)], check=True, stdout=subprocess.DEVNULL)
+    plain, libs = guest_assets(variant="a"), guest_assets(variant="hostfiles")
+    # The guests' kernels and initramfs files are host page cache their RAM copies too: kept
+    # cached like the libraries, so that the two cells differ by the libraries alone.
     with (
-        keep_warm(files),
-        Guest(guest_assets(variant="a"), mem_mib=256, name="plain", workdir=tmp_path) as a,
-        Guest(guest_assets(variant="hostfiles"), mem_mib=256, name="libs", workdir=tmp_path) as b,
+        keep_warm([*files, *plain, *libs]),
+        Guest(plain, mem_mib=256, name="plain", workdir=tmp_path) as a,
+        Guest(libs, mem_mib=256, name="libs", workdir=tmp_path) as b,
     ):
         for g in (a, b):
             g.stop()
