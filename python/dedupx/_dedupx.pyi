@@ -122,6 +122,14 @@ def image_frames(
     count: int | None = None,
 ) -> _ImageFrames: ...
 
+@type_check_only
+class _Unlisted(TypedDict):
+    pages: int
+    no_page: int
+    free: int
+    page_cache: int
+    anon_shmem: int
+
 @final
 class HostSnapshot:
     def __new__(
@@ -144,4 +152,4 @@ class HostSnapshot:
     def page_windows(self, index: int, max_pages: int) -> list[tuple[int, int]]: ...
     def pages(self, index: int, start: int, end: int) -> _ArrowStream: ...
     def ram_ranges(self) -> list[tuple[int, int]]: ...
-    def frames(self, start: int, end: int) -> _ArrowStream: ...
+    def frames(self, start: int, end: int) -> tuple[_ArrowStream, _Unlisted]: ...

@@ -12,6 +12,7 @@ Every capture states it in the same shape (docs/metrics.md, "Coverage"):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -62,6 +63,16 @@ def image_coverage(source: str, pages: int) -> dict[str, Any]:
     return coverage(source, SCOPE_IMAGE, pages, pages, {})
 
 
+# The core's counts of PFNs without a row (host_frames::Unlisted), by coverage class.
+UNLISTED = {
+    "pages": "pages",
+    "no_page": "no_page",
+    "free": "free",
+    "page_cache": "unmapped_page_cache",
+    "anon_shmem": "unmapped_anon_shmem",
+}
+
+
 class HostCoverage:
     """Counts a host's frames by class as they stream past, once each."""
 
@@ -86,6 +97,12 @@ class HostCoverage:
         ).row(0, named=True)
         for k, v in row.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
+
+    def add_unlisted(self, counts: Mapping[str, Any]) -> None:
+        """Adds the PFNs of RAM that got no row (unmapped, unread, in no page table), as
+        the core counted them by class: the same classes ``add`` finds in rows."""
+        for key, name in UNLISTED.items():
+            self.counts[name] = self.counts.get(name, 0) + int(counts[key])
 
     def summary(self, source: str, unmapped_source: str = "page cache") -> dict[str, Any]:
         """The coverage, with ``hashed_by_source``: pages hashed through the processes that

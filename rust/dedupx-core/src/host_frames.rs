@@ -1,18 +1,22 @@
-//! The `frames` rows after pass 1: every PFN of System RAM with its flags and map count,
-//! and a hash wherever its content is known (pass 1, the file cache) or can be read from
-//! a physical memory source.
+//! The `frames` rows after pass 1: every PFN some process maps, every PFN whose content is
+//! known (the file cache) or can be read from a physical memory source, and every other
+//! PFN a page table maps, with its flags, map count and hash. The rest of System RAM
+//! (free memory, the kernel's own, page cache no one maps and dedupx did not read) gets no
+//! row: its flags are read and counted by class ([`Unlisted`]), which is all a row said.
 
 use crate::bitmap::BitVec;
 use crate::error::Result;
 use crate::host_scan::HostScan;
-use crate::kpageflags::{self, KPF_MMAP, KPF_ZERO_PAGE};
+use crate::kpageflags::{
+    self, KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_MMAP, KPF_NOPAGE, KPF_SWAPBACKED, KPF_ZERO_PAGE,
+};
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::page_table::NO_HASH;
 use crate::phys_image::{PhysImage, PhysPages, ReadFailure, PAGE};
 use crate::read_and_hash::read_and_hash;
 use crate::read_plan::{ReadPlan, ReadTask};
 
-/// One piece of the `frames` frame: consecutive PFNs of one System RAM range.
+/// One piece of the `frames` frame: PFNs of one System RAM range, in order.
 #[derive(Debug, Default)]
 pub struct FrameChunk {
     pub pfn: Vec<u64>,
@@ -26,6 +30,34 @@ pub struct FrameChunk {
     pub zero: BitVec,
     /// Some process maps it.
     pub mapped: BitVec,
+    /// The chunk's PFNs that got no row, by class.
+    pub unlisted: Unlisted,
+}
+
+/// PFNs of RAM without a `frames` row (mapped by no page table, content unread), counted by
+/// what their flags say, in the classes of the snapshot's coverage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unlisted {
+    pub pages: u64,
+    /// KPF_NOPAGE: no struct page (a hole in the memory map).
+    pub no_page: u64,
+    /// In the buddy allocator: KPF_BUDDY on the head page of a free block; its tails carry
+    /// no flags at all.
+    pub free: u64,
+    /// On an LRU list and neither anon nor swap-backed.
+    pub page_cache: u64,
+    pub anon_shmem: u64,
+}
+
+impl Unlisted {
+    fn add(&mut self, flags: u64) {
+        let has = |bit| kpageflags::has(flags, bit);
+        self.pages += 1;
+        self.no_page += u64::from(has(KPF_NOPAGE));
+        self.free += u64::from(has(KPF_BUDDY) || flags == 0);
+        self.page_cache += u64::from(has(KPF_LRU) && !has(KPF_ANON) && !has(KPF_SWAPBACKED));
+        self.anon_shmem += u64::from(has(KPF_ANON) || has(KPF_SWAPBACKED));
+    }
 }
 
 /// Marks a hash slot as an index into `FrameChunk::local_hashes`.
@@ -36,6 +68,8 @@ impl HostScan {
     /// process maps are read now, and their map counts only where the flags say a page
     /// table maps them (elsewhere the count is 0); those of mapped PFNs are pass 1's.
     /// Unmapped pages are hashed from `phys` when there is one (flags first, then contents).
+    /// A PFN that would have no hash, no map count and no process gets no row, only a count
+    /// in `unlisted`.
     pub fn frames_chunk(
         &self,
         start: u64,
@@ -43,14 +77,12 @@ impl HostScan {
         phys: Option<&PhysImage>,
     ) -> Result<FrameChunk> {
         let kpage = &self.kpage;
-        let pfns: Vec<u64> = (start..end).collect();
         let first = self.pfns.partition_point(|&p| p < start);
         let last = self.pfns.partition_point(|&p| p < end);
         let mapped_here = &self.pfns[first..last];
         let unmapped: Vec<u64> = {
             let mut next = 0;
-            pfns.iter()
-                .copied()
+            (start..end)
                 .filter(|&pfn| {
                     let mapped = mapped_here.get(next) == Some(&pfn);
                     next += usize::from(mapped);
@@ -66,8 +98,9 @@ impl HostScan {
             .map(|(&pfn, _)| pfn)
             .collect();
         let some_counts = kpage.read_counts(&in_page_tables)?;
-        let n = pfns.len();
+        let n = mapped_here.len() + in_page_tables.len();
         let mut c = FrameChunk {
+            pfn: Vec::with_capacity(n),
             kpageflags: Vec::with_capacity(n),
             mapcount: Vec::with_capacity(n),
             hash_slot: Vec::with_capacity(n),
@@ -81,7 +114,7 @@ impl HostScan {
         // a search per PFN cost 20 steps each with a million cached pages.
         let (mut u, mut k) = (0, 0);
         let mut cached = self.file_cache.partition_point(|e| e.0 < start);
-        for (i, &pfn) in pfns.iter().enumerate() {
+        for pfn in start..end {
             let mapped = self.pfns.get(next) == Some(&pfn);
             let (f, cnt, slot) = if mapped {
                 next += 1;
@@ -89,32 +122,42 @@ impl HostScan {
             } else {
                 let f = flags[u];
                 u += 1;
-                let cnt = if kpageflags::has(f, KPF_MMAP) {
+                let in_table = kpageflags::has(f, KPF_MMAP);
+                let cnt = if in_table {
                     k += 1;
                     some_counts[k - 1]
                 } else {
                     0
                 };
-                if kpageflags::has(f, KPF_ZERO_PAGE) {
-                    (f, cnt, NO_HASH)
-                } else if let Some(h) = self.cached_hash(&mut cached, pfn) {
+                let hash = if kpageflags::has(f, KPF_ZERO_PAGE) {
+                    None
+                } else {
+                    self.cached_hash(&mut cached, pfn)
+                };
+                if let Some(h) = hash {
                     let local = (c.local_hashes.len() / 16) as u32;
                     c.local_hashes.extend_from_slice(h);
                     (f, cnt, LOCAL | local)
-                } else {
-                    if phys.is_some() {
-                        to_read.push(i);
-                    }
+                } else if phys.is_some() && !kpageflags::has(f, KPF_ZERO_PAGE) {
+                    to_read.push(c.pfn.len());
                     (f, cnt, NO_HASH)
+                } else if in_table {
+                    (f, cnt, NO_HASH)
+                } else {
+                    c.unlisted.add(f);
+                    continue;
                 }
             };
+            c.pfn.push(pfn);
             c.kpageflags.push(f);
             c.mapcount.push(cnt);
             c.hash_slot.push(slot);
             c.mapped.push(mapped);
         }
         if let Some(phys) = phys {
+            let pfns = std::mem::take(&mut c.pfn);
             hash_physical(phys, &pfns, &to_read, &mut c)?;
+            c.pfn = pfns;
         }
         for &slot in &c.hash_slot {
             let zero = if slot == NO_HASH {
@@ -127,7 +170,6 @@ impl HostScan {
             };
             c.zero.push(zero);
         }
-        c.pfn = pfns;
         Ok(c)
     }
 

@@ -9,7 +9,10 @@ use rayon::prelude::*;
 use crate::error::{Result, ScanError};
 
 // Bit numbers from include/uapi/linux/kernel-page-flags.h. The core tests only these (the
-// zero page is never read; see `pin_would_unshare`); the analyses decode the rest in Python.
+// zero page is never read; see `pin_would_unshare`; unlisted frames are counted by class,
+// see `host_frames::Unlisted`); the analyses decode the rest in Python.
+pub const KPF_LRU: u32 = 5;
+pub const KPF_BUDDY: u32 = 10;
 /// Set for a page that some page table maps; a page without it has a map count of 0
 /// (checked on this kernel over every PFN of RAM, both files read a chunk apart).
 pub const KPF_MMAP: u32 = 11;
@@ -17,6 +20,7 @@ pub const KPF_ANON: u32 = 12;
 pub const KPF_SWAPBACKED: u32 = 14;
 pub const KPF_COMPOUND_HEAD: u32 = 15;
 pub const KPF_COMPOUND_TAIL: u32 = 16;
+pub const KPF_NOPAGE: u32 = 20;
 pub const KPF_KSM: u32 = 21;
 pub const KPF_ZERO_PAGE: u32 = 24;
 

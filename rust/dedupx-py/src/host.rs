@@ -250,8 +250,14 @@ impl HostSnapshot {
         self.snap.ram.clone()
     }
 
-    /// `frames` rows for PFNs [start, end) of System RAM.
-    fn frames(&self, py: Python<'_>, start: u64, end: u64) -> PyResult<PyTable> {
+    /// `frames` rows for PFNs [start, end) of System RAM, and the PFNs left without a row,
+    /// counted by class (`pages`, `no_page`, `free`, `page_cache`, `anon_shmem`).
+    fn frames<'py>(
+        &self,
+        py: Python<'py>,
+        start: u64,
+        end: u64,
+    ) -> PyResult<(PyTable, Bound<'py, PyDict>)> {
         let chunk = py
             .detach(|| self.snap.frames(start, end))
             .map_err(errors::to_py)?;
@@ -267,6 +273,13 @@ impl HostSnapshot {
             ("zero", bit_column(chunk.zero, None)),
             ("mapped", bit_column(chunk.mapped, None)),
         ];
-        table(batch(columns))
+        let u = chunk.unlisted;
+        let unlisted = PyDict::new(py);
+        unlisted.set_item("pages", u.pages)?;
+        unlisted.set_item("no_page", u.no_page)?;
+        unlisted.set_item("free", u.free)?;
+        unlisted.set_item("page_cache", u.page_cache)?;
+        unlisted.set_item("anon_shmem", u.anon_shmem)?;
+        Ok((table(batch(columns))?, unlisted))
     }
 }
