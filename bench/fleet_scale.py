@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+from distributed import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -49,7 +50,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     # Workers start before the fleet is built, so they hold only what they are given.
-    client = client_for(None, args.workers, timeout=10)
+    with client_for(None, args.workers, timeout=10) as client:
+        run(args, client)
+
+
+def run(args: argparse.Namespace, client: Client) -> None:
     fp = fingerprint(dedupx.open_snapshot(args.snapshot), host="t", rate=args.template_rate)
     fp = fp.with_columns(pl.lit(1.0).alias("rate"))  # the remixed VMs are the fleet, exact
     templates = [fp.filter(pl.col("instance") == i) for i in fp["instance"].unique().sort()]
@@ -79,7 +84,6 @@ def main() -> None:
             f"worker processes, not this one: {os.getpid() not in workers}); this process "
             f"{peak_rss_mib():,.0f} MiB"
         )
-    client.close()
 
 
 if __name__ == "__main__":

@@ -141,10 +141,10 @@ def snapshot_elsewhere(path: Path) -> Path:
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
     assert res.returncode == code, (res.returncode, res.stderr)
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("dedupx: error: ")
+    assert lines[0].startswith("dedupx: error: "), res.stderr
     for w in words:
         assert w in lines[0], lines[0]
 

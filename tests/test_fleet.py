@@ -4,6 +4,7 @@ same computation on one node, with sampled fingerprints within the error they st
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -85,6 +86,9 @@ def test_dask_equals_one_node(fleet: pl.DataFrame, tmp_path: Path) -> None:
     with client_for(None, workers=2, timeout=10) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         result = fleet_on_dask([*paths, str(tmp_path / "damaged.parquet")], client=client)
+        worker_pids = list(client.run(os.getpid).values())
+    # Leaving the block stops the cluster's worker processes, not just the client.
+    assert [p for p in worker_pids if Path(f"/proc/{p}").exists()] == []
     assert len(result.errors) == 1 and "damaged.parquet" in result.errors[0]
     one = fleet_matrix(fleet)
     assert one.height == 36 * 35 // 2  # every pair shares the kernel's pages at least
@@ -145,7 +149,9 @@ def test_fleet_cli(fleet: pl.DataFrame, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert pl.read_parquet(tmp_path / "m.pq").height == 9 * 8 // 2
     res = run_cli("fleet", str(tmp_path / "*.parquet"), env={"COLUMNS": "80"})
-    assert res.returncode == 0 and max(len(x) for x in res.stdout.splitlines()) <= 80
+    assert res.returncode == 0, res.stderr
+    wide = [x for x in res.stdout.splitlines() if len(x) > 80]
+    assert not wide, wide
     # Placement needs each host's RAM: the remixed hosts state none.
     res = run_cli("fleet", str(tmp_path / "host*.parquet"), "--place")
     assert_one_line_error(res, 2, "--capacity-gib")
@@ -154,7 +160,8 @@ def test_fleet_cli(fleet: pl.DataFrame, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)["placement"]
-    assert plan["fits"] and plan["proposed"] >= max(plan["current"], plan["greedy"])
+    assert plan["fits"], plan
+    assert plan["proposed"] >= max(plan["current"], plan["greedy"]), plan
     res = run_cli("fleet", str(tmp_path / "h*.parquet"), "--scheduler", "tcp://127.0.0.1:9")
     assert_one_line_error(res, 1, "tcp://127.0.0.1:9")
 

@@ -127,8 +127,12 @@ def test_sparse_raw_declaring_too_much_is_an_error_not_an_abort(tmp_path: Path) 
             f.truncate(8 << 40)
     except OSError as e:
         pytest.skip(f"this filesystem holds no 8 TiB sparse file: {e}")
-    # DedupxIOError (1): a valid image larger than allowed, not a corrupt one.
-    assert_one_bounded_error(run_bounded(p, tmp_path), 1, ["declares 8,192 GiB", "--max-gib"])
+    try:
+        # DedupxIOError (1): a valid image larger than allowed, not a corrupt one.
+        result = run_bounded(p, tmp_path)
+    finally:
+        p.unlink()  # pytest keeps tmp_path; an 8 TiB file is no one's to keep
+    assert_one_bounded_error(result, 1, ["declares 8,192 GiB", "--max-gib"])
 
 
 def snapshot_peak_rss(image: Path, out: Path, window_pages: int) -> int:

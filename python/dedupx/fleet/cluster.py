@@ -9,6 +9,8 @@ cell for cell.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import getitem
 
@@ -57,23 +59,32 @@ def _bucket_pairs(instances: int, *pieces: pl.DataFrame) -> pl.DataFrame:
     return pair_counts(pl.concat(pieces), instances)
 
 
-def client_for(scheduler: str | None, workers: int, timeout: float) -> Client:
+@contextmanager
+def client_for(scheduler: str | None, workers: int, timeout: float) -> Iterator[Client]:
     """A client of the scheduler at ``scheduler``, or of a new LocalCluster of
-    ``workers`` processes. An unreachable scheduler is a FleetError naming it."""
+    ``workers`` processes, closed on leaving (a LocalCluster with its workers: closing a
+    client alone leaves the cluster's processes running). An unreachable scheduler is a
+    FleetError naming it."""
     if scheduler is None:
         # A free port for the scheduler's HTTP server: another cluster may hold 8787.
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
-        return Client(cluster)
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
     try:
-        return Client(scheduler, timeout=timeout)
+        client = Client(scheduler, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as e:
         raise FleetError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    with client:
+        yield client
 
 
 def fleet_on_dask(

@@ -8,11 +8,10 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::file_cache::{cached_pages_of, open_for_cache};
+use crate::file_cache::{cached_pages_of, cachestat, open_for_cache};
 use crate::page_hash::PageHash;
 use crate::pagemap::Pagemap;
 use crate::proc_escape::unescape_octal;
@@ -72,38 +71,6 @@ pub fn local_mounts(mountinfo: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = by_dev.into_values().map(|(_, p)| p).collect();
     out.sort();
     out
-}
-
-/// Pages of `file` in the page cache, by `cachestat` (None where the kernel lacks it).
-fn cachestat(file: &fs::File) -> Option<u64> {
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451;
-    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
-    let mut stat = Stat::default();
-    // SAFETY: both structs live across the call and have the kernel's layout.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut stat as *mut Stat,
-            0,
-        )
-    };
-    (r == 0).then_some(stat.nr_cache)
 }
 
 /// Used inodes of the filesystem at `mount`: the walk's total, for progress.
@@ -178,7 +145,7 @@ pub fn walk_page_cache(
                     report.unreadable += 1;
                     continue;
                 };
-                if cachestat(&file) == Some(0) {
+                if cachestat(&file, 0, 0) == Some(0) {
                     continue;
                 }
                 match cached_pages_of(&file, &path, &own) {
