@@ -123,12 +123,15 @@ def image_frames(
 ) -> _ImageFrames: ...
 
 @type_check_only
-class _Unlisted(TypedDict):
+class _ChunkCoverage(TypedDict):
     pages: int
+    hashed: int
+    hashed_mapped: int
     no_page: int
     free: int
-    page_cache: int
-    anon_shmem: int
+    unmapped_page_cache: int
+    unmapped_anon_shmem: int
+    mapped_unread: int
 
 @final
 class HostSnapshot:
@@ -152,4 +155,4 @@ class HostSnapshot:
     def page_windows(self, index: int, max_pages: int) -> list[tuple[int, int]]: ...
     def pages(self, index: int, start: int, end: int) -> _ArrowStream: ...
     def ram_ranges(self) -> list[tuple[int, int]]: ...
-    def frames(self, start: int, end: int) -> tuple[_ArrowStream, _Unlisted]: ...
+    def frames(self, start: int, end: int) -> tuple[_ArrowStream, _ChunkCoverage]: ...

@@ -15,10 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import polars as pl
-
-from dedupx.model.kpageflags import KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_NOPAGE, KPF_SWAPBACKED, flag
-
 SCOPE_PROCESS = "distinct present frames and swap slots"
 SCOPE_HOST = "pages of RAM"
 SCOPE_IMAGE = "pages of the image"
@@ -63,46 +59,17 @@ def image_coverage(source: str, pages: int) -> dict[str, Any]:
     return coverage(source, SCOPE_IMAGE, pages, pages, {})
 
 
-# The core's counts of PFNs without a row (host_frames::Unlisted), by coverage class.
-UNLISTED = {
-    "pages": "pages",
-    "no_page": "no_page",
-    "free": "free",
-    "page_cache": "unmapped_page_cache",
-    "anon_shmem": "unmapped_anon_shmem",
-}
-
-
 class HostCoverage:
-    """Counts a host's frames by class as they stream past, once each."""
+    """Adds up a host's PFNs by coverage class, as the core counts them for each chunk of
+    RAM (``host_frames::ChunkCoverage``, the classes' one definition): rows and PFNs
+    without a row alike."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
 
-    def add(self, chunk: pl.DataFrame) -> None:
-        unhashed = pl.col("hash").is_null()
-        unmapped = unhashed & ~pl.col("mapped")
-        row = chunk.select(
-            pl.len().alias("pages"),
-            pl.col("hash").is_not_null().sum().alias("hashed"),
-            (pl.col("hash").is_not_null() & pl.col("mapped")).sum().alias("hashed_mapped"),
-            (unhashed & flag(KPF_NOPAGE)).sum().alias("no_page"),
-            # Only the head page of a free block has KPF_BUDDY; its tails carry no flags.
-            (unmapped & (flag(KPF_BUDDY) | (pl.col("kpageflags") == 0))).sum().alias("free"),
-            (unmapped & flag(KPF_LRU) & ~flag(KPF_ANON) & ~flag(KPF_SWAPBACKED))
-            .sum()
-            .alias("unmapped_page_cache"),
-            (unmapped & (flag(KPF_ANON) | flag(KPF_SWAPBACKED))).sum().alias("unmapped_anon_shmem"),
-            (unhashed & pl.col("mapped")).sum().alias("mapped_unread"),
-        ).row(0, named=True)
-        for k, v in row.items():
+    def add(self, counts: Mapping[str, Any]) -> None:
+        for k, v in counts.items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
-
-    def add_unlisted(self, counts: Mapping[str, Any]) -> None:
-        """Adds the PFNs of RAM that got no row (unmapped, unread, in no page table), as
-        the core counted them by class: the same classes ``add`` finds in rows."""
-        for key, name in UNLISTED.items():
-            self.counts[name] = self.counts.get(name, 0) + int(counts[key])
 
     def summary(self, source: str, unmapped_source: str = "page cache") -> dict[str, Any]:
         """The coverage, with ``hashed_by_source``: pages hashed through the processes that

@@ -122,16 +122,15 @@ def snapshot(
             for i, (start, end) in enumerate(spans):
                 if progress:
                     progress("frames", done, total)
-                table, unlisted = ahead.popleft().result()
+                table, counts = ahead.popleft().result()
                 if i + FRAMES_AHEAD < len(spans):
                     ahead.append(reader.submit(hs.frames, *spans[i + FRAMES_AHEAD]))
-                coverage.add_unlisted(unlisted)
+                coverage.add(counts)
                 part.append(pl.DataFrame(table))
                 done += end - start
                 if sum(c.height for c in part) >= FRAMES_PART_ROWS or i + 1 == len(spans):
                     chunk = pl.concat(part, rechunk=False)
                     part = []
-                    coverage.add(chunk)
                     yield chunk
 
     def manifest() -> dict[str, Any]:

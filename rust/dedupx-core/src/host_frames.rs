@@ -2,7 +2,7 @@
 //! known (the file cache) or can be read from a physical memory source, and every other
 //! PFN a page table maps, with its flags, map count and hash. The rest of System RAM
 //! (free memory, the kernel's own, page cache no one maps and dedupx did not read) gets no
-//! row: its flags are read and counted by class ([`Unlisted`]), which is all a row said.
+//! row: its flags are read and counted by class ([`ChunkCoverage`]), which is all a row said.
 
 use crate::bitmap::BitVec;
 use crate::error::Result;
@@ -30,33 +30,44 @@ pub struct FrameChunk {
     pub zero: BitVec,
     /// Some process maps it.
     pub mapped: BitVec,
-    /// The chunk's PFNs that got no row, by class.
-    pub unlisted: Unlisted,
+    /// All the chunk's PFNs, with a row or without, by coverage class.
+    pub coverage: ChunkCoverage,
 }
 
-/// PFNs of RAM without a `frames` row (mapped by no page table, content unread), counted by
-/// what their flags say, in the classes of the snapshot's coverage.
+/// The PFNs of RAM of a chunk by coverage class (docs/metrics.md, "Coverage"): the one
+/// definition of the classes, for PFNs with a `frames` row and those without one alike.
+/// A class counts only unhashed PFNs; those no process maps are told apart by their flags.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Unlisted {
+pub struct ChunkCoverage {
     pub pages: u64,
+    pub hashed: u64,
+    /// Hashed through a process that maps it (the rest: the page cache walk or kcore).
+    pub hashed_mapped: u64,
     /// KPF_NOPAGE: no struct page (a hole in the memory map).
     pub no_page: u64,
     /// In the buddy allocator: KPF_BUDDY on the head page of a free block; its tails carry
     /// no flags at all.
     pub free: u64,
     /// On an LRU list and neither anon nor swap-backed.
-    pub page_cache: u64,
-    pub anon_shmem: u64,
+    pub unmapped_page_cache: u64,
+    pub unmapped_anon_shmem: u64,
+    /// Some process maps it, yet it could not be read.
+    pub mapped_unread: u64,
 }
 
-impl Unlisted {
-    fn add(&mut self, flags: u64) {
+impl ChunkCoverage {
+    fn add(&mut self, flags: u64, hashed: bool, mapped: bool) {
         let has = |bit| kpageflags::has(flags, bit);
+        let unmapped = !hashed && !mapped;
         self.pages += 1;
-        self.no_page += u64::from(has(KPF_NOPAGE));
-        self.free += u64::from(has(KPF_BUDDY) || flags == 0);
-        self.page_cache += u64::from(has(KPF_LRU) && !has(KPF_ANON) && !has(KPF_SWAPBACKED));
-        self.anon_shmem += u64::from(has(KPF_ANON) || has(KPF_SWAPBACKED));
+        self.hashed += u64::from(hashed);
+        self.hashed_mapped += u64::from(hashed && mapped);
+        self.no_page += u64::from(!hashed && has(KPF_NOPAGE));
+        self.free += u64::from(unmapped && (has(KPF_BUDDY) || flags == 0));
+        self.unmapped_page_cache +=
+            u64::from(unmapped && has(KPF_LRU) && !has(KPF_ANON) && !has(KPF_SWAPBACKED));
+        self.unmapped_anon_shmem += u64::from(unmapped && (has(KPF_ANON) || has(KPF_SWAPBACKED)));
+        self.mapped_unread += u64::from(!hashed && mapped);
     }
 }
 
@@ -69,7 +80,7 @@ impl HostScan {
     /// table maps them (elsewhere the count is 0); those of mapped PFNs are pass 1's.
     /// Unmapped pages are hashed from `phys` when there is one (flags first, then contents).
     /// A PFN that would have no hash, no map count and no process gets no row, only a count
-    /// in `unlisted`.
+    /// in `coverage`.
     pub fn frames_chunk(
         &self,
         start: u64,
@@ -144,7 +155,7 @@ impl HostScan {
                 } else if in_table {
                     (f, cnt, NO_HASH)
                 } else {
-                    c.unlisted.add(f);
+                    c.coverage.add(f, false, false);
                     continue;
                 }
             };
@@ -159,7 +170,9 @@ impl HostScan {
             hash_physical(phys, &pfns, &to_read, &mut c)?;
             c.pfn = pfns;
         }
-        for &slot in &c.hash_slot {
+        for (i, &slot) in c.hash_slot.iter().enumerate() {
+            c.coverage
+                .add(c.kpageflags[i], slot != NO_HASH, c.mapped.get(i));
             let zero = if slot == NO_HASH {
                 false
             } else if slot & LOCAL != 0 {

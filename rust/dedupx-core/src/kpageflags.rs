@@ -10,7 +10,7 @@ use crate::error::{Result, ScanError};
 
 // Bit numbers from include/uapi/linux/kernel-page-flags.h. The core tests only these (the
 // zero page is never read; see `pin_would_unshare`; unlisted frames are counted by class,
-// see `host_frames::Unlisted`); the analyses decode the rest in Python.
+// see `host_frames::ChunkCoverage`); the analyses decode the rest in Python.
 pub const KPF_LRU: u32 = 5;
 pub const KPF_BUDDY: u32 = 10;
 /// Set for a page that some page table maps; a page without it has a map count of 0

@@ -250,8 +250,8 @@ impl HostSnapshot {
         self.snap.ram.clone()
     }
 
-    /// `frames` rows for PFNs [start, end) of System RAM, and the PFNs left without a row,
-    /// counted by class (`pages`, `no_page`, `free`, `page_cache`, `anon_shmem`).
+    /// `frames` rows for PFNs [start, end) of System RAM, and all its PFNs (with a row or
+    /// without) counted by coverage class (`host_frames::ChunkCoverage`).
     fn frames<'py>(
         &self,
         py: Python<'py>,
@@ -273,13 +273,20 @@ impl HostSnapshot {
             ("zero", bit_column(chunk.zero, None)),
             ("mapped", bit_column(chunk.mapped, None)),
         ];
-        let u = chunk.unlisted;
-        let unlisted = PyDict::new(py);
-        unlisted.set_item("pages", u.pages)?;
-        unlisted.set_item("no_page", u.no_page)?;
-        unlisted.set_item("free", u.free)?;
-        unlisted.set_item("page_cache", u.page_cache)?;
-        unlisted.set_item("anon_shmem", u.anon_shmem)?;
-        Ok((table(batch(columns))?, unlisted))
+        let u = chunk.coverage;
+        let coverage = PyDict::new(py);
+        for (name, n) in [
+            ("pages", u.pages),
+            ("hashed", u.hashed),
+            ("hashed_mapped", u.hashed_mapped),
+            ("no_page", u.no_page),
+            ("free", u.free),
+            ("unmapped_page_cache", u.unmapped_page_cache),
+            ("unmapped_anon_shmem", u.unmapped_anon_shmem),
+            ("mapped_unread", u.mapped_unread),
+        ] {
+            coverage.set_item(name, n)?;
+        }
+        Ok((table(batch(columns))?, coverage))
     }
 }
