@@ -8,7 +8,7 @@ use crate::bitmap::BitVec;
 use crate::error::Result;
 use crate::host_scan::HostScan;
 use crate::kpageflags::{
-    self, KPF_ANON, KPF_BUDDY, KPF_LRU, KPF_MMAP, KPF_NOPAGE, KPF_SWAPBACKED, KPF_ZERO_PAGE,
+    self, KPF_ANON, KPF_BUDDY, KPF_MMAP, KPF_NOPAGE, KPF_SWAPBACKED, KPF_ZERO_PAGE,
 };
 use crate::page_hash::{zero_page_hash, PageHash};
 use crate::page_table::NO_HASH;
@@ -64,8 +64,7 @@ impl ChunkCoverage {
         self.hashed_mapped += u64::from(hashed && mapped);
         self.no_page += u64::from(!hashed && has(KPF_NOPAGE));
         self.free += u64::from(unmapped && (has(KPF_BUDDY) || flags == 0));
-        self.unmapped_page_cache +=
-            u64::from(unmapped && has(KPF_LRU) && !has(KPF_ANON) && !has(KPF_SWAPBACKED));
+        self.unmapped_page_cache += u64::from(unmapped && kpageflags::is_file_cache(flags));
         self.unmapped_anon_shmem += u64::from(unmapped && (has(KPF_ANON) || has(KPF_SWAPBACKED)));
         self.mapped_unread += u64::from(!hashed && mapped);
     }
@@ -140,16 +139,18 @@ impl HostScan {
                 } else {
                     0
                 };
-                let hash = if kpageflags::has(f, KPF_ZERO_PAGE) {
-                    None
-                } else {
-                    self.cached_hash(&mut cached, pfn)
-                };
+                let zero_page = kpageflags::has(f, KPF_ZERO_PAGE);
+                // The walk hashed its file pages some seconds ago; one reclaimed since
+                // may hold anything now (an anon page, free memory). Its old hash stays
+                // only while the flags read now still say page cache.
+                let hash = self
+                    .cached_hash(&mut cached, pfn)
+                    .filter(|_| !zero_page && kpageflags::is_file_cache(f));
                 if let Some(h) = hash {
                     let local = (c.local_hashes.len() / 16) as u32;
                     c.local_hashes.extend_from_slice(h);
                     (f, cnt, LOCAL | local)
-                } else if phys.is_some() && !kpageflags::has(f, KPF_ZERO_PAGE) {
+                } else if phys.is_some() && !zero_page {
                     to_read.push(c.pfn.len());
                     (f, cnt, NO_HASH)
                 } else if in_table {

@@ -35,6 +35,12 @@ pub fn pin_would_unshare(flags: u64, exclusive: bool) -> bool {
     has(flags, KPF_KSM) || (has(flags, KPF_ANON) && !exclusive)
 }
 
+/// A page of a file's page cache, by its flags: on an LRU list, neither anon nor shmem.
+#[inline]
+pub fn is_file_cache(flags: u64) -> bool {
+    has(flags, KPF_LRU) && !has(flags, KPF_ANON) && !has(flags, KPF_SWAPBACKED)
+}
+
 #[inline]
 pub fn has(flags: u64, bit: u32) -> bool {
     flags & (1u64 << bit) != 0
