@@ -37,7 +37,7 @@ def template(contents: int, seed: int = 7) -> pl.DataFrame:
             "uuid": None,
             "ram_bytes": 256 << 20,
             "rate": 1.0,
-            "hash": [rng.randbytes(16) for _ in range(contents)],
+            "hash": [rng.getrandbits(128) for _ in range(contents)],
             "class": 1,
         },
         schema=SCHEMA,

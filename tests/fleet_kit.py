@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from dedupx.analysis.fingerprint import SCHEMA
+from dedupx.model.content_key import KEY
 
 
 def remix(
@@ -40,10 +41,10 @@ def remix(
             kept = t.select("hash", "class").filter(unit < keep)
             mine = pl.DataFrame(
                 {
-                    "hash": [rng.randbytes(16) for _ in range(own)],
+                    "hash": [rng.getrandbits(128) for _ in range(own)],
                     "class": [1] * own,
                 },
-                schema={"hash": pl.Binary, "class": pl.UInt8},
+                schema={"hash": KEY, "class": pl.UInt8},
             )
             parts.append(
                 pl.concat([kept, mine]).with_columns(
@@ -72,7 +73,7 @@ def planted(
     RAM fits exactly ``per_host`` VMs. Returns the fleet and the pages that co-locating
     every group would save beyond now: hosts x group_contents x (per_host - 1)."""
     rng = random.Random(seed)
-    groups = {g: [rng.randbytes(16) for _ in range(group_contents)] for g in range(hosts)}
+    groups = {g: [rng.getrandbits(128) for _ in range(group_contents)] for g in range(hosts)}
     # Its own seed: remix draws the VMs' own contents from a generator of its own.
     fleet = remix([template], hosts, per_host, keep=1.0, own=50, seed=seed + 1000)
     extra = []
@@ -87,7 +88,7 @@ def planted(
                 .join(
                     pl.DataFrame(
                         {"hash": groups[g], "class": [1] * group_contents},
-                        schema={"hash": pl.Binary, "class": pl.UInt8},
+                        schema={"hash": KEY, "class": pl.UInt8},
                     ),
                     how="cross",
                 )
@@ -102,7 +103,7 @@ def planted(
             "uuid": [None] * hosts,
             "ram_bytes": [per_host * (256 << 20)] * hosts,
             "rate": [1.0] * hosts,
-            "hash": [rng.randbytes(16) for _ in range(hosts)],
+            "hash": [rng.getrandbits(128) for _ in range(hosts)],
             "class": [0] * hosts,
         },
         schema=SCHEMA,

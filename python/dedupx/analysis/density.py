@@ -30,6 +30,7 @@ import polars as pl
 from dedupx.analysis.footprint import footprint
 from dedupx.analysis.ksm import KSM_SYSFS, max_page_sharing
 from dedupx.exceptions import UsageError
+from dedupx.model.content_key import unique_by_frame
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_private_anon, is_zero_page
 from dedupx.model.process_kinds import cgroup_leaf
@@ -60,7 +61,7 @@ def instances_of(f: Frames, kind: str) -> list[list[int]]:
 
 def _content() -> pl.Expr:
     """A frame's content; one whose bytes were not read counts as a content of its own."""
-    return pl.coalesce(pl.col("hash"), pl.col("pfn").cast(pl.String).cast(pl.Binary))
+    return pl.coalesce(pl.col("hash"), unique_by_frame(pl.col("pfn")))
 
 
 def _mappings(f: Frames, instances: list[list[int]]) -> pl.LazyFrame:

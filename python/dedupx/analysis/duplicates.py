@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.analysis.hashed_frames import hashed_frames, where_mapped
 from dedupx.analysis.huge_pages import dropped_copies
+from dedupx.model.content_key import hex_of
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_hugetlb, is_thp
 
@@ -20,7 +21,14 @@ SAVING_COLUMNS = ("anon_anon", "file_file", "anon_file", "total")
 
 
 def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per content: frame counts by kind and what merging its copies would save."""
+    """One row per content: frame counts by kind and what merging its copies would save,
+    and where its frames are mapped if they say (``where_mapped``)."""
+    names = frames.collect_schema().names()
+    where = [
+        pl.col(c).list.explode(keep_nulls=False, empty_as_null=False).unique().sort()
+        for c in ("paths", "kinds")
+        if c in names
+    ]
     return (
         frames.group_by("hash")
         .agg(
@@ -39,8 +47,7 @@ def duplicate_groups(frames: pl.LazyFrame) -> pl.LazyFrame:
                 )
             ),
             pl.col("zero").first(),
-            pl.col("paths").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
-            pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).unique().sort(),
+            *where,
         )
         .with_columns(
             (pl.col("anon").cast(pl.Int64) - 1).clip(0).alias("anon_anon"),
@@ -121,13 +128,23 @@ def hugetlb_savings(f: Frames) -> pl.DataFrame:
 
 def top_duplicates(data: Frames | HasFrames, n: int = 10) -> pl.DataFrame:
     """The ``n`` contents whose merging saves the most pages, with where they live."""
-    groups = duplicate_groups(hashed_frames(as_frames(data)))
-    return (
-        groups.filter(pl.col("frames") > 1)
-        .sort(["total", "hash"], descending=[True, False])
+    f = as_frames(data)
+    view = hashed_frames(f)
+    # The order needs only each content's copies: the n first are found by a count, and
+    # only their frames are grouped with the lists of paths and kinds (the costly part).
+    first = (
+        view.group_by("hash")
+        .len()
+        .filter(pl.col("len") > 1)
+        .sort(["len", "hash"], descending=[True, False])
         .head(n)
+        .select("hash")
+    )
+    groups = duplicate_groups(where_mapped(f, view.join(first, on="hash", how="semi")))
+    return (
+        groups.sort(["total", "hash"], descending=[True, False])
         .select(
-            pl.col("hash").bin.encode("hex"),
+            pl.col("hash").map_elements(hex_of, return_dtype=pl.String),
             "frames",
             "anon",
             "file",

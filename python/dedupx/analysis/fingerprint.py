@@ -25,6 +25,7 @@ import polars as pl
 
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.exceptions import UsageError
+from dedupx.model.content_key import KEY
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import holds_frame
 from dedupx.model.process_kinds import cgroup_leaf
@@ -43,15 +44,15 @@ SCHEMA = {
     "uuid": pl.String,
     "ram_bytes": pl.Int64,
     "rate": pl.Float64,
-    "hash": pl.Binary,
+    "hash": KEY,
     "class": pl.UInt8,
 }
 
 
 def in_sample(rate: pl.Expr) -> pl.Expr:
     """Whether a sample at ``rate`` keeps a row's content: its hash's first 8 bytes, as a
-    number, below rate x 2^64 (every content at rate 1)."""
-    prefix = pl.col("hash").bin.slice(0, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big")
+    number (the key's upper half), below rate x 2^64 (every content at rate 1)."""
+    prefix = (pl.col("hash") // 2**64).cast(pl.UInt64)
     # As floats: the same rounding on every host, so every host keeps the same contents.
     return (rate >= 1.0) | (prefix.cast(pl.Float64) < rate * float(2**64))
 

@@ -32,9 +32,9 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
     ``anon`` (null for images, which carry no flags; true for a guest's RAM whatever backs
     it), ``ksm_eligible``, ``guest_ram``, ``hugetlb`` (in a hugetlb page) and its
     ``page_size`` (the huge page's, else 4 KiB), ``ksm_barrier`` (why KSM cannot merge it:
-    "hugetlb", "shared backend", else null), and the ``paths`` and ``kinds`` of the VMAs
-    that map it (``[unmapped]`` where none does, ``[image]`` in an image). The capture's
-    own (``Frames.hashed``) where it was computed already."""
+    "hugetlb", "shared backend", else null). Where each is mapped is ``where_mapped``'s:
+    lists per frame cost as much as the rest of the view, and only a few frames are shown
+    with theirs. The capture's own (``Frames.hashed``) where it was computed already."""
     if f.hashed is not None:
         return f.hashed
     frames = f.frames.filter(pl.col("hash").is_not_null())
@@ -45,8 +45,6 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
             "zero",
             pl.lit(None, dtype=pl.UInt64).alias("kpageflags"),
             pl.lit(False).alias("ksm_eligible"),
-            pl.lit(["[image]"]).alias("paths"),
-            pl.lit(["image"]).alias("kinds"),
             pl.lit(None, dtype=pl.Boolean).alias("anon"),
             *_no_mapping(),
         ).with_columns(_unmapped_hugetlb())
@@ -55,8 +53,6 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
         return (
             frames.with_columns(
                 pl.lit(False).alias("ksm_eligible"),
-                pl.lit(["[unmapped]"]).alias("paths"),
-                pl.lit(["unmapped"]).alias("kinds"),
                 is_anon().alias("anon"),
                 *_no_mapping(),
             )
@@ -67,8 +63,6 @@ def hashed_frames(f: Frames) -> pl.LazyFrame:
         frames.join(mapped_by(f), on="pfn", how="left")
         .with_columns(
             pl.col("ksm_eligible").fill_null(False),
-            pl.col("paths").fill_null(pl.lit(["[unmapped]"])),
-            pl.col("kinds").fill_null(pl.lit(["unmapped"])),
             pl.col("guest_ram").fill_null(False),
         )
         .with_columns(
@@ -112,10 +106,39 @@ def _shmem_barrier() -> pl.Expr:
     )
 
 
+def where_mapped(f: Frames, frames: pl.LazyFrame) -> pl.LazyFrame:
+    """``frames`` (rows with a ``pfn``) with the ``paths`` and ``kinds`` of the VMAs that
+    map each (``[unmapped]`` where none does, ``[image]`` in an image)."""
+    if not f.has_flags():
+        return frames.with_columns(
+            pl.lit(["[image]"]).alias("paths"), pl.lit(["image"]).alias("kinds")
+        )
+    unmapped = [pl.lit(["[unmapped]"]).alias("paths"), pl.lit(["unmapped"]).alias("kinds")]
+    if f.pages is None:
+        return frames.with_columns(unmapped)
+    pages = f.pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
+    pages = pages.join(frames.select("pfn"), on="pfn", how="semi")
+    if f.vmas is not None:
+        vmas = f.vmas.select("pid", "vma_id", "path", "kind")
+        pages = pages.join(vmas, on=["pid", "vma_id"], how="left")
+    else:
+        pages = pages.with_columns(
+            pl.lit(None, dtype=pl.String).alias("path"), pl.lit(None, dtype=pl.String).alias("kind")
+        )
+    lists = pages.group_by("pfn").agg(
+        pl.col("path").replace("", "[anon]").unique().alias("paths"),
+        pl.col("kind").unique().alias("kinds"),
+    )
+    return frames.join(lists, on="pfn", how="left").with_columns(
+        pl.col("paths").fill_null(pl.lit(["[unmapped]"])),
+        pl.col("kinds").fill_null(pl.lit(["unmapped"])),
+    )
+
+
 def mapped_by(f: Frames) -> pl.LazyFrame:
-    """Per mapped, hashed PFN: ``ksm_eligible`` (some mapping of it is), and the ``paths``
-    and ``kinds`` of the VMAs that map it. (A page whose PFN was remapped after its hash
-    was taken carries no hash: it says nothing about the frame.)"""
+    """Per mapped, hashed PFN: ``ksm_eligible`` (some mapping of it is), whether it is a
+    guest's RAM, its huge page and what bars KSM. (A page whose PFN was remapped after its
+    hash was taken carries no hash: it says nothing about the frame.)"""
     if f.pages is None:
         raise MissingFrames("mapped_by needs pages")
     pages = f.pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
@@ -125,8 +148,6 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
             "pid",
             "vma_id",
             "mergeable",
-            "path",
-            "kind",
             (vma_backing() == "hugetlb").alias("hugetlb"),
             vma_page_size(schema).alias("page_size"),
             ksm_barrier().alias("ksm_barrier"),
@@ -140,8 +161,6 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
     else:
         pages = pages.with_columns(
             pl.lit(None, dtype=pl.Boolean).alias("mergeable"),
-            pl.lit(None, dtype=pl.String).alias("path"),
-            pl.lit(None, dtype=pl.String).alias("kind"),
             pl.lit(None, dtype=pl.Boolean).alias("hugetlb"),
             pl.lit(None, dtype=pl.UInt64).alias("page_size"),
             pl.lit(None, dtype=pl.String).alias("ksm_barrier"),
@@ -152,8 +171,6 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
         (is_ksm_eligible(pl.col("mergeable").fill_null(False)) & ~is_swap_slot())
         .any()
         .alias("ksm_eligible"),
-        pl.col("path").replace("", "[anon]").unique().alias("paths"),
-        pl.col("kind").unique().alias("kinds"),
         pl.col("guest_ram").fill_null(False).any().alias("guest_ram"),
         pl.col("hugetlb").fill_null(False).any().alias("hugetlb"),
         pl.col("page_size").max().alias("page_size"),
@@ -162,4 +179,4 @@ def mapped_by(f: Frames) -> pl.LazyFrame:
     )
 
 
-__all__ = ["hashed_frames", "mapped_by"]
+__all__ = ["hashed_frames", "mapped_by", "where_mapped"]

@@ -20,6 +20,7 @@ from dedupx.analysis.density import use_zero_pages
 from dedupx.analysis.hashed_frames import hashed_frames
 from dedupx.analysis.ksm import max_page_sharing
 from dedupx.exceptions import NotAGuest, UsageError
+from dedupx.model.content_key import unique_by_frame
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
@@ -217,7 +218,7 @@ def cost_rows(f: Frames, gm: pl.DataFrame, main: pl.DataFrame) -> pl.LazyFrame:
     return mine.with_columns(
         (is_ksm() | (exclusive & first)).alias("copy"),
         (is_ksm() | is_ksm_eligible(pl.col("mergeable").fill_null(False))).alias("eligible"),
-        pl.coalesce(pl.col("hash"), pl.col("pfn").cast(pl.String).cast(pl.Binary)).alias("content"),
+        pl.coalesce(pl.col("hash"), unique_by_frame(pl.col("pfn"))).alias("content"),
         part.alias("part"),
         pl.col("zero").fill_null(False),
     ).filter(pl.col("copy"))

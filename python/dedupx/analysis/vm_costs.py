@@ -29,7 +29,7 @@ from dedupx.analysis.incremental_cost import (
 )
 from dedupx.analysis.ksm import max_page_sharing
 from dedupx.exceptions import DedupxError
-from dedupx.model.frames import Frames
+from dedupx.model.frames import Frames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
 
 
@@ -68,6 +68,7 @@ def vm_uss(
 ) -> dict[int, dict[str, Any]]:
     """``uss_breakdown`` of each guest of ``maps`` (their gpa maps, as ``guest_maps``
     gives them), by PID."""
+    f = as_frames(f)
     assert f.pages is not None
     pids = list(maps)
     if not pids:
@@ -122,6 +123,7 @@ def vm_incremental_costs(
     zero_pages_free: bool | None = None,
 ) -> dict[int, dict[str, Any]]:
     """``incremental_cost`` of each guest of ``maps`` under KSM, by PID."""
+    f = as_frames(f)
     assert f.pages is not None and f.vmas is not None
     pids = list(maps)
     if not pids:

@@ -15,6 +15,7 @@ import polars as pl
 
 from dedupx.analysis.dedup_matrix import matrix_rows, scope_counts
 from dedupx.analysis.hashed_frames import hashed_frames
+from dedupx.model.content_key import KEY
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import holds_frame, is_thp, is_zero_page
 
@@ -102,7 +103,7 @@ def vm_matrices(
             schema={
                 "target": pl.UInt32,
                 "pfn": pl.UInt64,
-                "hash": pl.Binary,
+                "hash": KEY,
                 "hugetlb": pl.Boolean,
                 "page_size": pl.UInt64,
             }

@@ -46,7 +46,7 @@ def _split(loaded: Loaded, index: pl.DataFrame, buckets: int) -> list[pl.DataFra
     """This input's rows with their instance index, one frame per hash bucket (by the
     hash's first byte), in one pass."""
     assert loaded.rows is not None
-    first_byte = pl.col("hash").bin.slice(0, 1).bin.reinterpret(dtype=pl.UInt8)
+    first_byte = (pl.col("hash") // 2**120).cast(pl.UInt8)
     rows = loaded.rows.join(index.select("instance", "idx"), on="instance").select(
         "hash", "idx", "class", (first_byte.cast(pl.UInt32) % buckets).alias("b")
     )

@@ -12,6 +12,7 @@ import polars as pl
 
 from dedupx.analysis.fingerprint import SCHEMA, fingerprint
 from dedupx.exceptions import DedupxError
+from dedupx.model.content_key import content_key
 from dedupx.store.snapshot import open_snapshot
 
 # The most a single fingerprint file may be: 2^20 contents is 17 MiB; a sampled host more.
@@ -54,6 +55,8 @@ def load(path: str) -> Loaded:
         missing = set(SCHEMA) - set(rows.columns)
         if missing:
             raise DedupxError(f"not a dedupx fingerprint: it lacks {sorted(missing)}")
+        if rows.schema["hash"] == pl.Binary:  # written before fingerprints held keys
+            rows = rows.with_columns(content_key(pl.col("hash")))
         return Loaded(path, rows.select([pl.col(k).cast(t) for k, t in SCHEMA.items()]), None)
     except (DedupxError, OSError, ValueError) as e:
         return Loaded(

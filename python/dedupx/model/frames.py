@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import polars as pl
 
 from dedupx.exceptions import MissingFrames
+from dedupx.model.content_key import keyed
 from dedupx.model.page_classes import holds_frame
 
 FrameLike = pl.DataFrame | pl.LazyFrame
@@ -56,11 +57,26 @@ class Frames:
     processes: pl.LazyFrame | None = None
     gpa_map: pl.LazyFrame | None = None
     hashed: pl.LazyFrame | None = None
+    is_keyed: bool = False
+
+    def keyed(self) -> Frames:
+        """The same capture with its hashes as content keys (dedupx.model.content_key), as
+        the analyses take it; done once, the result says so."""
+        if self.is_keyed:
+            return self
+        return dataclasses.replace(
+            self,
+            frames=keyed(self.frames),
+            pages=None if self.pages is None else keyed(self.pages),
+            hashed=None if self.hashed is None else keyed(self.hashed),
+            is_keyed=True,
+        )
 
     def with_hashed(self, hashed: pl.DataFrame) -> Frames:
         """The same capture with its content view computed: the analyses that read it
         read this one instead of computing it again."""
-        return dataclasses.replace(self, hashed=hashed.lazy())
+        view = hashed.lazy()
+        return dataclasses.replace(self, hashed=keyed(view) if self.is_keyed else view)
 
     def has_flags(self) -> bool:
         """Whether frames carry kpageflags (a memory image's do not: anon and file cannot
@@ -111,12 +127,13 @@ class HasFrames(Protocol):
 
 
 def as_frames(data: Frames | HasFrames) -> Frames:
-    """The Frames of what a caller hands an analysis: Frames as they are, or the result of
-    ``to_frames()``. Paths are opened with ``dedupx.load``."""
+    """The Frames of what a caller hands an analysis (Frames, or the result of
+    ``to_frames()``), with its hashes as content keys. Paths are opened with
+    ``dedupx.load``."""
     if isinstance(data, Frames):
-        return data
+        return data.keyed()
     if isinstance(data, HasFrames):
-        return data.to_frames()
+        return data.to_frames().keyed()
     raise TypeError(
         f"expected Frames, a scan or a memory image, got {type(data).__name__} "
         "(open a snapshot directory or image file with dedupx.load)"

@@ -29,6 +29,7 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
     (KSM as configured), and with a guest's own view, its pages by guest class and its
     inactive-LRU bloat. Each is computed for every VM at once: one pass over the frames,
     not one per VM."""
+    f = as_frames(f)
     assert f.processes is not None
     vms = f.processes.filter(pl.col("kind") == "vm").select("pid", "comm", "cmdline").collect()
     views = guests or {}
