@@ -79,6 +79,7 @@ class _PageCacheWalk(TypedDict):
     pages_hashed: int
     pages_vanished: int
     unreadable: int
+    links_skipped: int
     seconds: float
 
 @type_check_only

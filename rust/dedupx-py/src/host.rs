@@ -133,6 +133,7 @@ impl HostSnapshot {
             w.set_item("pages_hashed", r.pages_hashed)?;
             w.set_item("pages_vanished", r.pages_vanished)?;
             w.set_item("unreadable", r.unreadable)?;
+            w.set_item("links_skipped", r.links_skipped)?;
             w.set_item("seconds", r.seconds)?;
             d.set_item("page_cache", w)?;
         }
