@@ -106,6 +106,13 @@ def _shmem_barrier() -> pl.Expr:
     )
 
 
+def _hashed_pages(pages: pl.LazyFrame) -> pl.LazyFrame:
+    """The mappings of the frames in the content view: hashed, not the zero page. (A page
+    whose PFN was remapped after its hash was taken carries no hash: it says nothing about
+    the frame.)"""
+    return pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
+
+
 def where_mapped(f: Frames, frames: pl.LazyFrame) -> pl.LazyFrame:
     """``frames`` (rows with a ``pfn``) with the ``paths`` and ``kinds`` of the VMAs that
     map each (``[unmapped]`` where none does, ``[image]`` in an image)."""
@@ -116,8 +123,7 @@ def where_mapped(f: Frames, frames: pl.LazyFrame) -> pl.LazyFrame:
     unmapped = [pl.lit(["[unmapped]"]).alias("paths"), pl.lit(["unmapped"]).alias("kinds")]
     if f.pages is None:
         return frames.with_columns(unmapped)
-    pages = f.pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
-    pages = pages.join(frames.select("pfn"), on="pfn", how="semi")
+    pages = _hashed_pages(f.pages).join(frames.select("pfn"), on="pfn", how="semi")
     if f.vmas is not None:
         vmas = f.vmas.select("pid", "vma_id", "path", "kind")
         pages = pages.join(vmas, on=["pid", "vma_id"], how="left")
@@ -137,11 +143,10 @@ def where_mapped(f: Frames, frames: pl.LazyFrame) -> pl.LazyFrame:
 
 def mapped_by(f: Frames) -> pl.LazyFrame:
     """Per mapped, hashed PFN: ``ksm_eligible`` (some mapping of it is), whether it is a
-    guest's RAM, its huge page and what bars KSM. (A page whose PFN was remapped after its
-    hash was taken carries no hash: it says nothing about the frame.)"""
+    guest's RAM, its huge page and what bars KSM."""
     if f.pages is None:
         raise MissingFrames("mapped_by needs pages")
-    pages = f.pages.filter(holds_frame() & pl.col("hash").is_not_null() & ~is_zero_page())
+    pages = _hashed_pages(f.pages)
     if f.vmas is not None:
         schema = f.vmas.collect_schema().names()
         vmas = f.vmas.select(

@@ -34,10 +34,8 @@ def unique_by_frame(pfn: pl.Expr) -> pl.Expr:
     return pfn.cast(KEY)
 
 
-def hex_of(key: int | bytes | None) -> str | None:
+def hex_of(key: int) -> str:
     """The hash a key came from, in hex, as people read hashes."""
-    if key is None or isinstance(key, bytes):
-        return key.hex() if key is not None else None
     return key.to_bytes(16, "big").hex()
 
 

@@ -37,7 +37,8 @@ pub struct PageCacheReport {
     pub pages_vanished: u64,
     /// Files or directories that could not be opened or read.
     pub unreadable: u64,
-    /// Paths to a file already walked under another name (a hard link), not walked again.
+    /// Paths to a cached file already walked under another name (a hard link), not walked
+    /// again.
     pub links_skipped: u64,
     pub seconds: f64,
 }
@@ -148,17 +149,18 @@ pub fn walk_page_cache(
                     report.unreadable += 1;
                     continue;
                 };
+                if cachestat(&file, 0, 0) == Some(0) {
+                    continue;
+                }
                 // A file with several names (cargo's target directories and git's objects
                 // are full of them: 3.4 GiB on the development machine) is walked once;
-                // its pages would otherwise be read and hashed once per name.
+                // its pages would otherwise be read and hashed once per name. Asked after
+                // cachestat, so the files with nothing cached cost no stat.
                 if let Ok(m) = file.metadata() {
                     if m.nlink() > 1 && !linked.insert((m.dev(), m.ino())) {
                         report.links_skipped += 1;
                         continue;
                     }
-                }
-                if cachestat(&file, 0, 0) == Some(0) {
-                    continue;
                 }
                 match cached_pages_of(&file, &path, &own) {
                     Ok(c) => {
@@ -200,20 +202,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn finds_a_cached_file_under_a_mount() {
-        let dir = std::env::temp_dir().join(format!("dedupx-walk-{}", std::process::id()));
-        fs::create_dir_all(dir.join("sub")).expect("dir");
-        fs::write(dir.join("sub/f"), vec![7u8; 3 * crate::PAGE_SIZE]).expect("write");
+    /// Walks `dir` as a mount, then removes it: the report and the pages found.
+    fn walk_and_remove(dir: &Path) -> (PageCacheReport, Vec<(u64, u64, PageHash)>) {
         let mut pages = Vec::new();
         let report = walk_page_cache(
-            std::slice::from_ref(&dir),
+            &[dir.to_path_buf()],
             Path::new("/proc"),
             &|_, _, _| true,
             |p| pages.extend_from_slice(p),
         )
         .expect("walks");
-        fs::remove_dir_all(&dir).ok();
+        fs::remove_dir_all(dir).ok();
+        (report, pages)
+    }
+
+    #[test]
+    fn finds_a_cached_file_under_a_mount() {
+        let dir = std::env::temp_dir().join(format!("dedupx-walk-{}", std::process::id()));
+        fs::create_dir_all(dir.join("sub")).expect("dir");
+        fs::write(dir.join("sub/f"), vec![7u8; 3 * crate::PAGE_SIZE]).expect("write");
+        let (report, pages) = walk_and_remove(&dir);
         assert_eq!(report.files, 1);
         assert_eq!(report.pages_hashed, 3);
         assert_eq!(pages.len(), 3);
@@ -225,15 +233,7 @@ mod tests {
         fs::create_dir_all(&dir).expect("dir");
         fs::write(dir.join("a"), vec![7u8; 3 * crate::PAGE_SIZE]).expect("write");
         fs::hard_link(dir.join("a"), dir.join("b")).expect("link");
-        let mut pages = Vec::new();
-        let report = walk_page_cache(
-            std::slice::from_ref(&dir),
-            Path::new("/proc"),
-            &|_, _, _| true,
-            |p| pages.extend_from_slice(p),
-        )
-        .expect("walks");
-        fs::remove_dir_all(&dir).ok();
+        let (report, pages) = walk_and_remove(&dir);
         assert_eq!(report.files, 2);
         assert_eq!(report.links_skipped, 1);
         assert_eq!(report.pages_hashed, 3);
