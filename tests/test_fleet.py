@@ -15,10 +15,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import dedupx
-from dedupx.analysis.fingerprint import fingerprint, in_sample
+from dedupx.analysis.fingerprint import SCHEMA, fingerprint, in_sample
 from dedupx.analysis.fleet_matrix import fleet_matrix
 from dedupx.analysis.placement import place
 from dedupx.fleet.cluster import client_for, fleet_on_dask
+from dedupx.fleet.inputs import load
 from fleet_kit import as_format_1, by_host, planted, remix
 from guest_kit import Guest, ensure_packages, guest_assets
 from helpers import assert_one_line_error, run_cli
@@ -123,6 +124,20 @@ def test_mixed_and_damaged_snapshots(
     assert_frame_equal(result.matrix, fleet_matrix(both))
     # The format 1 copy is the same capture: each guest shares all it holds with its twin.
     assert {"oldhost/vm:f0", "oldhost/vm:f1"} <= set(result.instances["instance"])
+
+
+def test_fingerprint_with_bytes_is_read_as_keys(tmp_path: Path) -> None:
+    """A fingerprint file written with 16-byte hashes reads as keys, the bytes' big-endian
+    number; one whose hash is not 16 bytes is named as unreadable, not turned into nulls."""
+    row = {k: pl.Series([None], dtype=t) for k, t in SCHEMA.items() if k != "hash"}
+    h = bytes(range(16))
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    pl.DataFrame({**row, "hash": pl.Series([h], dtype=pl.Binary)}).write_parquet(good)
+    pl.DataFrame({**row, "hash": pl.Series([b"abc"], dtype=pl.Binary)}).write_parquet(bad)
+    loaded = load(str(good))
+    assert loaded.rows is not None and loaded.rows["hash"].to_list() == [int.from_bytes(h)]
+    broken = load(str(bad))
+    assert broken.rows is None and broken.error == f"{bad}: a hash is not 16 bytes"
 
 
 def test_samples_are_within_their_stated_error(fleet: pl.DataFrame) -> None:

@@ -56,6 +56,8 @@ def load(path: str) -> Loaded:
         if missing:
             raise DedupxError(f"not a dedupx fingerprint: it lacks {sorted(missing)}")
         if rows.schema["hash"] == pl.Binary:  # written before fingerprints held keys
+            if not rows.select((pl.col("hash").bin.size() == 16).all()).item():
+                raise DedupxError("a hash is not 16 bytes")  # it would become a null key
             rows = rows.with_columns(content_key(pl.col("hash")))
         return Loaded(path, rows.select([pl.col(k).cast(t) for k, t in SCHEMA.items()]), None)
     except (DedupxError, OSError, ValueError) as e:
