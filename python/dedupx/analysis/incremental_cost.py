@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -23,6 +24,7 @@ from dedupx.exceptions import NotAGuest, UsageError
 from dedupx.model.content_key import unique_by_frame
 from dedupx.model.frames import Frames, HasFrames, as_frames
 from dedupx.model.page_classes import is_ksm, is_ksm_eligible, is_zero_page
+from dedupx.model.row_keys import process_key, vma_key
 from dedupx.model.units import PAGE_SIZE, pages_to_mib
 from dedupx.qemu.cmdline import is_qemu, parse_qemu_cmdline
 from dedupx.qemu.gpa_map import gpa_map, layout_from_cmdline, main_ram_blocks, with_host_frames
@@ -175,41 +177,31 @@ QEMU_PARTS = {
 }
 
 
-def cost_rows(f: Frames, gm: pl.DataFrame, main: pl.DataFrame) -> pl.LazyFrame:
+def cost_rows(f: Frames, gm: pl.DataFrame, main: Mapping[int, list[str]]) -> pl.LazyFrame:
     """The guests' present pages (the zero page aside), each with its VMA, its guest page
     (if any) and what a policy may merge it with: ``copy`` (it stands for a page of its
     own: each mapping of a KSM page, the first mapping of a frame only this process maps),
     ``eligible`` (KSM could merge it) and ``part`` (what it is to QEMU or the guest). The
-    guests are the PIDs of ``main`` (``pid``, ``block``: the blocks of each one's main
-    RAM); ``gm`` holds their gpa maps."""
+    guests are the PIDs of ``main`` (PID -> the blocks of its main RAM); ``gm`` holds
+    their gpa maps."""
     assert f.pages is not None and f.vmas is not None
-    pids = main.select(pl.col("pid").cast(pl.UInt32)).unique()
-    mine = f.pages.filter(pl.col("present") & ~is_zero_page()).join(
-        pids.lazy(), on="pid", how="semi"
-    )
+    pids = pl.LazyFrame({"pid": list(main)}, schema={"pid": pl.UInt32})
+    mine = f.pages.filter(pl.col("present") & ~is_zero_page()).join(pids, on="pid", how="semi")
+    vmas = f.vmas.select(vma_key(), "mergeable", "kind")
+    ram = gm.lazy().select(process_key("hva").alias("pid_vaddr"), "gpa", "block")
     mine = (
-        mine.join(
-            f.vmas.select("pid", "vma_id", "mergeable", "kind"), on=["pid", "vma_id"], how="left"
-        )
-        .join(
-            gm.lazy().select(
-                pl.col("pid").cast(pl.UInt32), pl.col("hva").alias("vaddr"), "gpa", "block"
-            ),
-            on=["pid", "vaddr"],
-            how="left",
-        )
-        .join(
-            main.lazy().select(pl.col("pid").cast(pl.UInt32), "block", pl.lit(True).alias("main")),
-            on=["pid", "block"],
-            how="left",
-        )
+        mine.with_columns(vma_key(), process_key("vaddr"))
+        .join(vmas, on="vma_key", how="left")
+        .join(ram, on="pid_vaddr", how="left")
+        .drop("vma_key", "pid_vaddr")
     )
+    # (A window on the two columns is faster than on one 128-bit key made of them.)
     frame = ["pid", "pfn"]
     m_v = pl.len().over(frame)
     first = pl.col("vaddr") == pl.col("vaddr").min().over(frame)
     exclusive = pl.col("mapcount") <= m_v
     part = (
-        pl.when(pl.col("main").fill_null(False))
+        pl.when(_in_main(main))
         .then(pl.lit("guest RAM"))
         .when(pl.col("block").is_not_null())
         .then(pl.format("device RAM {}", pl.col("block")))
@@ -224,12 +216,17 @@ def cost_rows(f: Frames, gm: pl.DataFrame, main: pl.DataFrame) -> pl.LazyFrame:
     ).filter(pl.col("copy"))
 
 
-def main_frame(pid: int, blocks: list[str]) -> pl.DataFrame:
-    """A guest's main RAM blocks as ``cost_rows`` takes them."""
-    return pl.DataFrame(
-        {"pid": [pid] * len(blocks), "block": blocks},
-        schema={"pid": pl.UInt32, "block": pl.String},
-    )
+def _in_main(main: Mapping[int, list[str]]) -> pl.Expr:
+    """A row of one of ``main``'s guests whose ``block`` is one of that guest's main RAM
+    blocks. Guests mostly name their main RAM alike: one test per distinct set of names,
+    not a join."""
+    by_blocks: dict[tuple[str, ...], list[int]] = {}
+    for pid, blocks in main.items():
+        by_blocks.setdefault(tuple(blocks), []).append(pid)
+    out = pl.lit(False)
+    for names, pids in by_blocks.items():
+        out = out | (pl.col("pid").is_in(pids) & pl.col("block").is_in(list(names)))
+    return out.fill_null(False)
 
 
 def with_ksm_cost(rows: pl.LazyFrame, m: int, zero_free: bool) -> pl.LazyFrame:
@@ -302,7 +299,7 @@ def incremental_cost(
         raise UsageError(f"policy must be none, ksm or perfect, not {policy!r}")
     f = as_frames(data)
     gm = guest_ram_map(f, pid)
-    rows = cost_rows(f, gm, main_frame(pid, main_blocks(f, pid)))
+    rows = cost_rows(f, gm, {pid: main_blocks(f, pid)})
     if policy == "none":
         rows = rows.with_columns(pl.lit(1).alias("cost"))
     elif policy == "perfect":

@@ -23,7 +23,6 @@ from dedupx.analysis.incremental_cost import (
     cost_summary,
     guest_ram_map,
     main_blocks,
-    main_frame,
     uss_summary,
     with_ksm_cost,
 )
@@ -75,32 +74,35 @@ def vm_uss(
         return {}
     pages = f.pages.filter(pl.col("present"))
     # A frame is a guest's own when it alone maps it: one holder, and that is the guest.
-    # (One holder: its least PID is its greatest, half the work of counting them.)
-    holders = pages.group_by("pfn").agg(
-        (pl.col("pid").min() == pl.col("pid").max()).alias("one"), pl.col("pid").first()
+    # (One holder: its least PID is its greatest, half the work of counting them. A
+    # guest's page of such a frame is the one holder's: the PFN alone finds them.)
+    own = (
+        pages.group_by("pfn")
+        .agg((pl.col("pid").min() == pl.col("pid").max()).alias("one"))
+        .filter(pl.col("one"))
+        .select("pfn")
     )
-    own = holders.filter(pl.col("one")).select("pfn", "pid")
+    theirs = pages.join(_pids(pids), on="pid", how="semi").select("pid", "pfn", "vaddr").collect()
     mine = (
-        pages.join(_pids(pids), on="pid", how="semi")
-        .join(own, on=["pfn", "pid"], how="semi")
-        .select("pid", "pfn", "vaddr")
+        theirs.lazy()
+        .join(own, on="pfn", how="semi")
         .collect()
         .partition_by("pid", as_dict=True, include_key=False)
     )
     # A content is a guest's alone when all the frames that hold it are frames it maps.
-    frames = hashed_frames(f).select("pfn", "hash")
-    theirs = pages.join(_pids(pids), on="pid", how="semi").select("pid", "pfn").unique()
-    copies = frames.group_by("hash").agg(pl.len().alias("all"))
-    unique = (
-        frames.join(theirs, on="pfn")
+    # Most contents have one frame: that it maps it says so, without grouping by content.
+    frames = hashed_frames(f).select("pfn", "hash", pl.len().over("hash").alias("all"))
+    held = frames.join(theirs.lazy().select("pid", "pfn").unique(), on="pfn")
+    single = held.filter(pl.col("all") == 1).group_by("pid").len()
+    shared = (
+        held.filter(pl.col("all") > 1)
         .group_by("pid", "hash")
-        .agg(pl.len().alias("mine"))
-        .join(copies, on="hash")
+        .agg(pl.len().alias("mine"), pl.col("all").first())
         .filter(pl.col("mine") == pl.col("all"))
         .group_by("pid")
-        .agg(pl.len())
-        .collect()
+        .len()
     )
+    unique = pl.concat([single, shared]).group_by("pid").agg(pl.col("len").sum()).collect()
     unique_by_pid = dict(unique.iter_rows())
     empty = pl.DataFrame(schema={"pfn": pl.UInt64, "vaddr": pl.UInt64})
     told = guest_frames or {}
@@ -133,7 +135,7 @@ def vm_incremental_costs(
         return {}
     m = max_sharing or max_page_sharing()
     zero_free = use_zero_pages() if zero_pages_free is None else zero_pages_free
-    main = pl.concat([main_frame(pid, main_blocks(f, pid)) for pid in pids])
+    main = {pid: main_blocks(f, pid) for pid in pids}
     gm = pl.concat(
         [g.select(pl.col("pid").cast(pl.UInt32), "hva", "gpa", "block") for g in maps.values()]
     )
