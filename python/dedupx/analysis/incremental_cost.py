@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -70,9 +70,19 @@ def by_guest_class(ram: pl.DataFrame, guest_frames: pl.DataFrame, pages: pl.Expr
 
 def main_blocks(f: Frames, pid: int) -> list[str]:
     """The RAM blocks that hold guest ``pid``'s main memory (the others are devices')."""
+    return guests_main_blocks(f, [pid])[pid]
+
+
+def guests_main_blocks(f: Frames, pids: Sequence[int]) -> dict[int, list[str]]:
+    """``main_blocks`` of each guest of ``pids``, by PID: their command lines read once."""
     assert f.processes is not None
-    argv = f.processes.filter(pl.col("pid") == pid).select("cmdline").collect()["cmdline"]
-    return main_ram_blocks(parse_qemu_cmdline(list(argv[0]) if argv.len() else []))
+    argv = dict(
+        f.processes.filter(pl.col("pid").is_in(list(pids)))
+        .select("pid", "cmdline")
+        .collect()
+        .iter_rows()
+    )
+    return {pid: main_ram_blocks(parse_qemu_cmdline(list(argv.get(pid) or []))) for pid in pids}
 
 
 def told_frames(
@@ -141,25 +151,27 @@ def uss_summary(
 ) -> dict[str, Any]:
     """``uss_breakdown``'s figures from the guest's exclusive pages (``mine``: ``pfn``,
     ``vaddr``), its gpa map ``gm`` and the names of its ``main_blocks``."""
+    in_main = pl.col("block").is_in(main_blocks)
     exclusive = mine.join(
         gm.select(pl.col("hva").alias("vaddr"), "gpa", "block"), on="vaddr", how="left"
+    ).with_columns(in_main.fill_null(False).alias("main"))
+    main, frames = pl.col("main"), pl.col("pfn").n_unique()
+    out: dict[str, Any] = {"pid": pid}
+    out |= exclusive.select(
+        frames.alias("pages"),
+        pl.col("pfn").filter(main).n_unique().alias("guest_ram_pages"),
+        pl.col("pfn").filter(~main).n_unique().alias("qemu_pages"),
+    ).row(0, named=True)
+    blocks = (
+        exclusive.filter(pl.col("block").is_not_null())
+        .group_by("main", "block")
+        .agg(frames)
+        .sort("block")
     )
-    main = pl.col("block").is_in(main_blocks)
+    out["guest_ram_by_block"] = {b: n for m, b, n in blocks.iter_rows() if m}
+    out["device_ram_by_block"] = {b: n for m, b, n in blocks.iter_rows() if not m}
+    out["guest_not_backed"] = gm.filter(in_main & pl.col("pfn").is_null()).height
     ram = exclusive.filter(main)
-    devices = exclusive.filter(pl.col("block").is_not_null() & ~main)
-    out: dict[str, Any] = {
-        "pid": pid,
-        "pages": exclusive["pfn"].n_unique(),
-        "guest_ram_pages": ram["pfn"].n_unique(),
-        "qemu_pages": exclusive.filter(~main.fill_null(False))["pfn"].n_unique(),
-        "guest_ram_by_block": dict(
-            ram.group_by("block").agg(pl.col("pfn").n_unique()).sort("block").iter_rows()
-        ),
-        "device_ram_by_block": dict(
-            devices.group_by("block").agg(pl.col("pfn").n_unique()).sort("block").iter_rows()
-        ),
-        "guest_not_backed": gm.filter(main & pl.col("pfn").is_null()).height,
-    }
     if guest_frames is not None:
         out["guest_ram_by_class"] = by_guest_class(ram, guest_frames, pl.col("pfn").n_unique())
     out["unique_contents"] = unique_contents

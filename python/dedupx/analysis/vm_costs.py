@@ -22,7 +22,7 @@ from dedupx.analysis.incremental_cost import (
     cost_rows,
     cost_summary,
     guest_ram_map,
-    main_blocks,
+    guests_main_blocks,
     uss_summary,
     with_ksm_cost,
 )
@@ -106,12 +106,13 @@ def vm_uss(
     unique_by_pid = dict(unique.iter_rows())
     empty = pl.DataFrame(schema={"pfn": pl.UInt64, "vaddr": pl.UInt64})
     told = guest_frames or {}
+    main = guests_main_blocks(f, pids)
     return {
         pid: uss_summary(
             pid,
             mine.get((pid,), empty),
             maps[pid],
-            main_blocks(f, pid),
+            main[pid],
             told.get(pid),
             int(unique_by_pid.get(pid, 0)),
         )
@@ -135,7 +136,7 @@ def vm_incremental_costs(
         return {}
     m = max_sharing or max_page_sharing()
     zero_free = use_zero_pages() if zero_pages_free is None else zero_pages_free
-    main = {pid: main_blocks(f, pid) for pid in pids}
+    main = guests_main_blocks(f, pids)
     gm = pl.concat(
         [g.select(pl.col("pid").cast(pl.UInt32), "hva", "gpa", "block") for g in maps.values()]
     )
@@ -188,10 +189,8 @@ def vm_device_costs(f: Frames, maps: Mapping[int, pl.DataFrame]) -> dict[int, pl
     )
     parts = pages.partition_by("pid", as_dict=True, include_key=False)
     empty = pages.clear().drop("pid")
-    return {
-        pid: costs_of_devices(maps[pid], main_blocks(f, pid), parts.get((pid,), empty))
-        for pid in pids
-    }
+    main = guests_main_blocks(f, pids)
+    return {pid: costs_of_devices(maps[pid], main[pid], parts.get((pid,), empty)) for pid in pids}
 
 
 __all__ = ["guest_maps", "vm_device_costs", "vm_incremental_costs", "vm_uss"]

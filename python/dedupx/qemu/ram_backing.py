@@ -30,13 +30,18 @@ def ram_sizes(cfg: QemuConfig) -> list[int]:
 def guest_ram_rows(cfg: QemuConfig, vmas: pl.DataFrame) -> pl.DataFrame:
     """The VMAs (of one QEMU process) that hold guest RAM, with ``backing``,
     ``page_size`` and ``ksm_barrier`` (see dedupx.model.backing)."""
+    return _ram_rows(ram_sizes(cfg), vmas)
+
+
+def _ram_rows(sizes: list[int], vmas: pl.DataFrame) -> pl.DataFrame:
+    """``guest_ram_rows`` of QEMU processes whose RAM mappings have these ``sizes``."""
     schema = vmas.columns
     return vmas.with_columns(
         vma_backing().alias("backing"),
         vma_page_size(schema).alias("page_size"),
         ksm_barrier().alias("ksm_barrier"),
     ).filter(
-        (pl.col("end") - pl.col("start")).is_in(ram_sizes(cfg))
+        (pl.col("end") - pl.col("start")).is_in(sizes)
         & ~pl.col("perms").str.contains("x")
         & pl.col("backing").is_in(RAM_BACKINGS)
     )
@@ -48,14 +53,16 @@ def guest_ram_vmas(processes: pl.LazyFrame, vmas: pl.LazyFrame) -> pl.DataFrame:
     schema = {"pid": pl.UInt32, "vma_id": pl.UInt32}
     if guests.height == 0:
         return pl.DataFrame(schema=schema)
+    # Guests mostly have RAM of one size: those are looked for together.
+    by_sizes: dict[tuple[int, ...], list[int]] = {}
+    for pid, argv in guests.iter_rows():
+        by_sizes.setdefault(tuple(ram_sizes(parse_qemu_cmdline(list(argv)))), []).append(pid)
     mine = vmas.filter(pl.col("pid").is_in(guests["pid"].to_list())).collect()
     parts = [
-        guest_ram_rows(parse_qemu_cmdline(list(argv)), mine.filter(pl.col("pid") == pid)).select(
-            "pid", "vma_id"
-        )
-        for pid, argv in guests.iter_rows()
+        _ram_rows(list(sizes), mine.filter(pl.col("pid").is_in(pids))).select("pid", "vma_id")
+        for sizes, pids in by_sizes.items()
     ]
-    return pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    return pl.concat(parts).cast(schema)  # type: ignore[arg-type]
 
 
 def with_backing(layout: pl.DataFrame, vmas: pl.DataFrame) -> pl.DataFrame:

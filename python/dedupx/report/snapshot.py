@@ -45,11 +45,19 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
     uss = vm_uss(f, maps, told)
     costs = vm_incremental_costs(f, maps, told)
     devices = vm_device_costs(f, maps)
+    vm_vmas = (
+        {}
+        if f.vmas is None
+        else f.vmas.filter(pl.col("pid").is_in(vms["pid"].implode()))
+        .collect()
+        .partition_by("pid", as_dict=True)
+    )
+    no_vmas = None if f.vmas is None else f.vmas.clear().collect()
     out = []
     for pid, comm, argv in vms.iter_rows():
         r: dict[str, Any] = {"pid": pid, "comm": comm}
-        if f.vmas is not None:  # what backs its RAM, shown beside what is counted as anon
-            vmas = f.vmas.filter(pl.col("pid") == pid).collect()
+        if no_vmas is not None:  # what backs its RAM, shown beside what is counted as anon
+            vmas = vm_vmas.get((pid,), no_vmas)
             r["ram"] = describe_ram(parse_qemu_cmdline(list(argv)), vmas)
         view = views.get(pid)
         r["dedup_matrix"] = matrices[pid].to_dicts()
