@@ -21,6 +21,7 @@ KSM page, zero pages into the zero page when ``use_zero_pages`` is set) and ``pe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,33 @@ def _mappings(f: Frames, instances: list[list[int]]) -> pl.LazyFrame:
     )
 
 
+# Pages grouped at once. The model groups every mapping by frame and by content: on a
+# host of 80 M pages that took 20 GiB at once. No frame and no content spans two parts of
+# the contents, so the pages are taken a part of the contents at a time, each part of at
+# most about this many pages, and only the parts' distinct rows are kept.
+PAGES_PER_PART = 10_000_000
+
+
 def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
+    """The model's inputs (``_parts_of``), each row that occurs alike once with its count
+    ``w``."""
+    assert f.pages is not None
+    n = -(-f.pages.select(pl.len()).collect().item() // PAGES_PER_PART)
+    if n <= 1:
+        return {name: _alike(part) for name, part in _parts_of(f, instances).items()}
+    pieces = [
+        _parts_of(dataclasses.replace(f, pages=f.pages.filter(_content() % n == i)), instances)
+        for i in range(n)
+    ]
+    out = {}
+    for name in pieces[0]:
+        alike = pl.concat([_alike(p[name]) for p in pieces])
+        keys = [c for c in alike.columns if c != "w"]
+        out[name] = alike.group_by(keys).agg(pl.col("w").sum())
+    return out
+
+
+def _parts_of(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
     """The capture reduced to what the model needs: private contents (copies per instance,
     eligible or not), frames shared by identity, and every content with the host's
     mappings of it (for ``perfect``)."""
@@ -177,18 +204,16 @@ def _share(n: pl.Expr, k: pl.Expr, h: pl.Expr, j: pl.Expr, instances: int) -> pl
 
 
 def _alike(part: pl.DataFrame) -> pl.DataFrame:
-    """Each distinct row of ``part`` once, with ``w``, how many times it occurs."""
+    """Each distinct row of ``part`` once, with ``w``, how many times it occurs. Rows alike
+    count alike: the products with every N stay small however large the capture."""
     return part.group_by(part.columns).agg(pl.len().cast(pl.Float64).alias("w"))
 
 
 def _frames_needed(
     parts: dict[str, pl.DataFrame], n: pl.DataFrame, instances: int, m: int, zero_free: bool
 ) -> pl.DataFrame:
-    """Frames the N instances pay for, per N, under each policy."""
+    """Frames the N instances pay for, per N, under each policy (``parts``: ``_parts``)."""
     big_n, j = pl.col("n").cast(pl.Float64), pl.col("j").cast(pl.Float64)
-    # Rows alike count alike: each distinct row once, weighted by how many there are
-    # (``w``), so that the products with every N stay small however large the capture.
-    parts = {name: _alike(part) for name, part in parts.items()}
     w = pl.col("w")
     ident = (
         n.join(parts["identity"], how="cross")
