@@ -188,9 +188,10 @@ def vm_incremental_costs(
 BATCH_PAGES = 10_000_000
 
 
-def guest_batches(maps: Mapping[int, pl.DataFrame], limit: int = BATCH_PAGES) -> list[list[int]]:
-    """The guests of ``maps`` (their gpa maps) in batches of at most ``limit`` guest pages,
-    in their order; a guest larger than that is a batch of its own."""
+def guest_batches(maps: Mapping[int, pl.DataFrame], limit: int | None = None) -> list[list[int]]:
+    """The guests of ``maps`` (their gpa maps) in batches of at most ``limit`` guest pages
+    (``BATCH_PAGES``), in their order; a guest larger than that is a batch of its own."""
+    limit = limit or BATCH_PAGES
     batches: list[list[int]] = []
     size = 0
     for pid, gm in maps.items():
