@@ -102,12 +102,16 @@ def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
     ``w``."""
     assert f.pages is not None
     n = -(-f.pages.select(pl.len()).collect().item() // PAGES_PER_PART)
+    # The model counts present pages other than the zero page; a part's are read once.
+    counted = f.pages.filter(pl.col("present") & ~is_zero_page())
+
+    def part(i: int) -> dict[str, pl.DataFrame]:
+        pages = counted if n <= 1 else counted.filter(_content() % n == i)
+        return _parts_of(dataclasses.replace(f, pages=pages.collect().lazy()), instances)
+
     if n <= 1:
-        return {name: _alike(part) for name, part in _parts_of(f, instances).items()}
-    pieces = [
-        _parts_of(dataclasses.replace(f, pages=f.pages.filter(_content() % n == i)), instances)
-        for i in range(n)
-    ]
+        return {name: _alike(p) for name, p in part(0).items()}
+    pieces = [part(i) for i in range(n)]
     out = {}
     for name in pieces[0]:
         alike = pl.concat([_alike(p[name]) for p in pieces])
