@@ -145,12 +145,13 @@ def vm_incremental_costs(
         .select("pid", pl.col("hash").alias("content"))
         .drop_nulls()
         .group_by("content")
-        .agg(pl.col("pid").n_unique().alias("holders"), pl.col("pid").first().alias("holder"))
+        .agg(pl.col("pid").min().alias("least"), pl.col("pid").max().alias("most"))
     )
     batches = guest_batches(maps)
     if len(batches) > 1:  # read once for all the batches
         eligible = eligible.collect().lazy()
-    seen = (pl.col("holders") > 1) | (pl.col("holder") != pl.col("pid"))
+    # (Several holders when the least PID is not the greatest; else the one is the least.)
+    seen = (pl.col("least") != pl.col("most")) | (pl.col("least") != pl.col("pid"))
     told = {pid: g for pid, g in (guest_frames or {}).items() if g is not None}
     # The summary adds costs up by part and block, and by guest page for the guests that
     # say what their pages are: added up by those here, the rows need not be kept.
