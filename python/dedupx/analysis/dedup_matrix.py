@@ -61,7 +61,7 @@ def scoped_frames(f: Frames, pids: Collection[int], peer: str = "vm") -> pl.Lazy
     )
 
 
-def held_contents(f: Frames, pids: Collection[int]) -> Frames:
+def narrowed_to_contents_of(f: Frames, pids: Collection[int]) -> Frames:
     """The capture narrowed to the frames that hold a content one of ``pids`` holds, and
     the pages that map them: a matrix of those PIDs counts no other content, and on a
     large host the rest is almost everything (a VM of 100 holds about 1% of the frames)."""
@@ -131,7 +131,7 @@ def matrix(f: Frames, pids: Collection[int], peer: str, order: tuple[str, str]) 
         raise UsageError(f"peer must be a process kind other than 'host', not {peer!r}")
     if sorted(order) != sorted(("host", peer)):
         raise UsageError(f"order must name 'host' and {peer!r}, not {order!r}")
-    frames = scoped_frames(held_contents(f, pids), pids, peer).collect()
+    frames = scoped_frames(narrowed_to_contents_of(f, pids), pids, peer).collect()
     per = (
         frames.lazy()
         .group_by("hash")

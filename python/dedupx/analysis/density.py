@@ -98,11 +98,13 @@ PAGES_PER_PART = 10_000_000
 
 
 def _parts(f: Frames, instances: list[list[int]]) -> dict[str, pl.DataFrame]:
-    """The model's inputs (``_parts_of``), each row that occurs alike once with its count
-    ``w``."""
+    """The model's inputs (``_parts_of``) as distinct rows, each with ``w``, how many
+    times it occurs."""
     assert f.pages is not None
     n = -(-f.pages.select(pl.len()).collect().item() // PAGES_PER_PART)
-    # The model counts present pages other than the zero page; a part's are read once.
+    # The model counts present pages other than the zero page. A part's are read once
+    # (the instances' mappings and the host's each scanned the Parquet). A frame stays in
+    # one part: every page of a PFN carries the one hash its frame has.
     counted = f.pages.filter(pl.col("present") & ~is_zero_page())
 
     def part(i: int) -> dict[str, pl.DataFrame]:

@@ -153,8 +153,10 @@ MAIN_RAM_BLOCKS = ("pc.ram", "ram", "ept")
 
 
 def main_ram_blocks(cfg: QemuConfig) -> list[str]:
-    """The names the guest's main RAM goes by: QEMU's default block or its memory backends."""
-    return [*MAIN_RAM_BLOCKS, *(b.id for b in cfg.backends)]
+    """The names the guest's main RAM goes by: QEMU's default block or its memory backends,
+    each once (libvirt names a backend ``pc.ram``: listed twice, a join on the names
+    counted that guest's RAM twice)."""
+    return list(dict.fromkeys([*MAIN_RAM_BLOCKS, *(b.id for b in cfg.backends)]))
 
 
 def layout_frame(pid: int, layout: GpaLayout) -> pl.DataFrame:

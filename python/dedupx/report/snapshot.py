@@ -52,12 +52,12 @@ def vm_reports(f: Frames, guests: dict[int, GuestView] | None = None) -> list[di
         .collect()
         .partition_by("pid", as_dict=True)
     )
-    no_vmas = None if f.vmas is None else f.vmas.clear().collect()
+    empty_vmas = None if f.vmas is None else f.vmas.clear().collect()
     out = []
     for pid, comm, argv in vms.iter_rows():
         r: dict[str, Any] = {"pid": pid, "comm": comm}
-        if no_vmas is not None:  # what backs its RAM, shown beside what is counted as anon
-            vmas = vm_vmas.get((pid,), no_vmas)
+        if empty_vmas is not None:  # what backs its RAM, shown beside what is counted as anon
+            vmas = vm_vmas.get((pid,), empty_vmas)
             r["ram"] = describe_ram(parse_qemu_cmdline(list(argv)), vmas)
         view = views.get(pid)
         r["dedup_matrix"] = matrices[pid].to_dicts()
