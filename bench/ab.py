@@ -6,8 +6,8 @@ into a target directory of its own) and its Python package laid out beside the c
 module; then the benchmark script (from the working tree, so both revisions run the same
 script) runs `--rounds` times for each, alternating, so that both see the same host. The
 last line a benchmark prints must be its JSON summary: numeric fields are shown as the best
-value of each revision (lowest for seconds, milliseconds and bytes, highest for rates) and
-their ratio.
+value of each revision (lowest for seconds, milliseconds and bytes, highest for rates; the
+median for a field named as a ratio) and their ratio.
 
 usage: python bench/ab.py BEFORE AFTER [--rounds 3] -- SCRIPT [ARGS...]
    e.g. python bench/ab.py 9af3655 HEAD -- bench/scan_throughput.py --runs 3
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,15 @@ def lower_is_better(key: str) -> bool:
     return any(w in key for w in ("seconds", "_ms", "_s", "bytes", "peak", "mib"))
 
 
+def pick(key: str, values: list[float]) -> float:
+    """A side's figure over its rounds: the best value, but the median of a ratio. A ratio
+    of two figures of one round is no figure's best: the round whose denominator ran slow
+    gives the lowest (2.01 shown for a ratio of bests of 2.69)."""
+    if "ratio" in key:
+        return statistics.median(values)
+    return (min if lower_is_better(key) else max)(values)
+
+
 def numbers(d: dict[str, object], prefix: str = "") -> dict[str, float]:
     """The numeric fields of a summary, nested ones as `outer.inner`."""
     out: dict[str, float] = {}
@@ -99,7 +109,7 @@ def main() -> None:
             results[side].append(numbers(run(pkg, script)))
     keys = [k for k in results["before"][0] if all(k in x for x in results["after"])]
     best = {
-        side: {k: (min if lower_is_better(k) else max)(x[k] for x in runs if k in x) for k in keys}
+        side: {k: pick(k, [x[k] for x in runs if k in x]) for k in keys}
         for side, runs in results.items()
     }
     print(f"{'':34} {args.before[:12]:>12} {args.after[:12]:>12} {'after/before':>12}")

@@ -7,7 +7,8 @@ usage: python bench/analyze_vms.py [--mem-mib 192] [--counts 2,5,10] [--keep DIR
        python bench/analyze_vms.py --snapshots DIR   (reuses the snapshots --keep wrote)
   (--synthetic DIR adds a snapshot bench/synthetic_snapshot.py wrote, e.g. its 100-VM host)
 
-Each timing runs in a fresh interpreter, so that no cache of an earlier one helps it.
+Each timing is the best of `--runs` (3) fresh interpreters, so that no cache of an earlier
+one helps it; the ratio is that of the best times.
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ print(time.perf_counter() - t0)
 """
 
 
-def timed(code: str, snap: Path) -> float:
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(snap)], check=True, capture_output=True, text=True
-    )
-    return float(out.stdout.split()[-1])
+def timed(code: str, snap: Path, runs: int) -> float:
+    """The best of ``runs`` fresh interpreters."""
+    best = float("inf")
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(snap)], check=True, capture_output=True, text=True
+        )
+        best = min(best, float(out.stdout.split()[-1]))
+    return best
 
 
 def take_snapshots(counts: list[int], mem_mib: int, keep: Path) -> dict[int, Path]:
@@ -101,6 +106,7 @@ def main() -> None:
     ap.add_argument("--snapshots", type=Path, help="Reuse the snapshots of an earlier --keep.")
     ap.add_argument("--synthetic", type=Path, help="Also time this (synthetic) snapshot.")
     ap.add_argument("--no-before", action="store_true", help="Skip the per-VM way.")
+    ap.add_argument("--runs", type=int, default=3, help="Each timing: the best of this many.")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
@@ -115,9 +121,9 @@ def main() -> None:
         rows = {}
         print(f"{'VMs':>9} {'per VM':>8} {'one pass':>9} {'analyze':>8}  (seconds)")
         for n, snap in snaps.items():
-            before = None if args.no_before else timed(PER_VM, snap)
-            after = timed(ONE_PASS, snap)
-            whole = timed(ANALYZE, snap)
+            before = None if args.no_before else timed(PER_VM, snap, args.runs)
+            after = timed(ONE_PASS, snap, args.runs)
+            whole = timed(ANALYZE, snap, args.runs)
             rows[n] = (before, after, whole)
             label = "synthetic" if n < 0 else str(n)
             b = "-" if before is None else f"{before:.2f}"
