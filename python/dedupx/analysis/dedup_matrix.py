@@ -12,7 +12,6 @@ where both copies are KSM-eligible (private anon in a mergeable VMA).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection
 from typing import Any
 
@@ -69,14 +68,8 @@ def narrowed_to_contents_of(f: Frames, pids: Collection[int]) -> Frames:
     theirs = f.pages.filter(holds_frame() & pl.col("pid").is_in(list(pids))).select("pfn")
     view = f.hashed if f.hashed is not None else f.frames
     hashes = view.join(theirs, on="pfn", how="semi").select("hash").drop_nulls().unique()
-    held = view.join(hashes, on="hash", how="semi")
-    pfns = held.select("pfn").collect(engine="streaming").lazy()
-    return dataclasses.replace(
-        f,
-        frames=f.frames.join(pfns, on="pfn", how="semi"),
-        pages=f.pages.join(pfns, on="pfn", how="semi"),
-        hashed=None if f.hashed is None else held,
-    )
+    held = view.join(hashes, on="hash", how="semi").select("pfn")
+    return f.narrowed_to(held.collect(engine="streaming").lazy())
 
 
 def missing_pids(f: Frames, pids: Collection[int]) -> list[int]:

@@ -139,11 +139,7 @@ def copied_frames(f: Frames) -> Frames:
         view = view.filter(~is_zero_page())
     copied = view.group_by("hash").len().filter(pl.col("len") > 1).select("hash")
     pfns = view.join(copied, on="hash", how="semi").select("pfn").collect(engine="streaming")
-    return dataclasses.replace(
-        f,
-        frames=f.frames.join(pfns.lazy(), on="pfn", how="semi"),
-        pages=f.pages.join(pfns.lazy(), on="pfn", how="semi"),
-    )
+    return f.narrowed_to(pfns.lazy())
 
 
 __all__ = ["copied_frames", "vm_matrices"]

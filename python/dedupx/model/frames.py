@@ -91,6 +91,20 @@ class Frames:
         merged = new if self.gpa_map is None else pl.concat([self.gpa_map, new], how="diagonal")
         return dataclasses.replace(self, gpa_map=merged, hashed=None)
 
+    def narrowed_to(self, pfns: pl.LazyFrame) -> Frames:
+        """The capture narrowed to the frames ``pfns`` (a ``pfn`` column) names, the pages
+        that map them and, where computed, their content view."""
+
+        def kept(lf: pl.LazyFrame) -> pl.LazyFrame:
+            return lf.join(pfns, on="pfn", how="semi")
+
+        return dataclasses.replace(
+            self,
+            frames=kept(self.frames),
+            pages=None if self.pages is None else kept(self.pages),
+            hashed=None if self.hashed is None else kept(self.hashed),
+        )
+
     def restrict(self, pages: pl.Expr) -> Frames:
         """The capture narrowed to the pages matching ``pages`` (an expression over the
         pages frame: one mapping, one address range) and the frames those pages map."""
