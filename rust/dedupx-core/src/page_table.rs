@@ -39,6 +39,16 @@ impl PageTable {
     pub fn is_empty(&self) -> bool {
         self.vaddr.is_empty()
     }
+
+    /// The table with each page's mapping and address (see [`assemble`]).
+    pub fn addressed(self, vma_id: Vec<u32>, vaddr: Vec<u64>) -> Self {
+        debug_assert_eq!(vma_id.len(), self.pfn.len());
+        Self {
+            vma_id,
+            vaddr,
+            ..self
+        }
+    }
 }
 
 /// What each distinct PFN holds (same order as the sorted distinct PFNs): its hash where
@@ -68,13 +78,9 @@ pub struct FrameColumns {
 
 /// Builds the table column by column, dropping each input as soon as it is used up, so
 /// that the peak stays near the size of the result.
-pub fn assemble(
-    vma_id: Vec<u32>,
-    vaddr: Vec<u64>,
-    entries: Vec<PagemapEntry>,
-    mut uidx: Vec<u32>,
-    frames: FrameColumns,
-) -> PageTable {
+/// `vma_id` and `vaddr` are left empty for the caller to move in (see
+/// [`PageTable::addressed`]): they may still be in use, as `entries` may, while this runs.
+pub fn assemble(entries: &[PagemapEntry], mut uidx: Vec<u32>, frames: FrameColumns) -> PageTable {
     let FrameColumns {
         flags,
         counts,
@@ -104,7 +110,6 @@ pub fn assemble(
             None => e.pfn().unwrap_or(0),
         });
     }
-    drop(entries);
     let per_pfn = |values: Vec<u64>| -> Vec<u64> {
         uidx.iter()
             .map(|&u| if u == NO_HASH { 0 } else { values[u as usize] })
@@ -124,8 +129,8 @@ pub fn assemble(
         .map(|&s| s != NO_HASH && contents.hashes[s as usize] == zero_hash)
         .collect();
     PageTable {
-        vma_id,
-        vaddr,
+        vma_id: Vec::new(),
+        vaddr: Vec::new(),
         pfn,
         present,
         frame,

@@ -64,6 +64,12 @@ fn key(v: &Vma) -> VmaKey<'_> {
     (v.start, v.end, v.perms.as_str(), v.offset, v.inode)
 }
 
+/// Whether both readings list the same mappings in the same order, so that a mapping's
+/// index in one is its index in the other.
+pub fn same_mappings(a: &[Vma], b: &[Vma]) -> bool {
+    a.iter().map(key).eq(b.iter().map(key))
+}
+
 /// (appeared, vanished): mappings only in `after`, and only in `before`.
 pub fn diff_vmas(before: &[Vma], after: &[Vma]) -> (u64, u64) {
     let mut a: Vec<VmaKey> = before.iter().map(key).collect();
