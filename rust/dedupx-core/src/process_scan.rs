@@ -15,13 +15,15 @@ use crate::kpageflags::{
 use crate::maps::{parse_smaps, Vma};
 use crate::observer::OwnPages;
 use crate::page_hash::zero_page_hash;
-use crate::page_table::{assemble, Contents, FrameColumns, PageTable};
+use crate::page_table::{Contents, FrameColumns, FrameValues, PageRows, PageTable};
 use crate::pagemap::{check_pfns_visible, Pagemap, PagemapEntry};
-use crate::parallel::in_pool;
+use crate::parallel::{in_pool, return_freed_memory};
 use crate::proc_info::{read_proc_info, ProcInfo};
 use crate::process_memory::{ProcessFiles, ProcessPages};
 use crate::read_and_hash::read_and_hash;
-use crate::read_changes::{changed_pages, diff_vmas, read_maps, same_mappings, ReadChanges};
+use crate::read_changes::{
+    changed_pages, diff_vmas, read_maps, same_mappings, FirstFrames, ReadChanges,
+};
 use crate::read_plan::{ReadPlan, ReadTask};
 use crate::stages::{check, Progress, StageClock, StageTimes};
 use crate::swap_area::{key_slot, slot_key, SwapAreas};
@@ -71,8 +73,8 @@ pub struct ScanStats {
     /// What changed in the process between the first reading and the re-check after the last.
     pub changes: ReadChanges,
     pub threads: usize,
-    /// Wall-clock milliseconds per stage: pagemap (with smaps), kpageflags, plan (with map
-    /// counts), hash, recheck (with the table built meanwhile).
+    /// Wall-clock milliseconds per stage: pagemap (with smaps), kpageflags, plan, hash,
+    /// recheck (with map counts, and the table built meanwhile).
     pub stage_ms: StageTimes,
 }
 
@@ -133,6 +135,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         dir.join("pagemap"),
     )?;
     let (uniq, mut uidx) = distinct_pfns(&entries);
+    return_freed_memory();
     clock.lap("pagemap");
 
     check(progress, "kpageflags", 0, uniq.len() as u64)?;
@@ -153,29 +156,17 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
             exclusive.replace(u as usize, true);
         }
     }
-    // Planning is one thread's pass over the pages (12 ms of a 1 GiB scan): the map counts
-    // are read meanwhile. They do not depend on the contents, and copying a page does not
-    // change them.
-    let (plan, counts) = rayon::join(
-        || {
-            opts.hash.then(|| {
-                plan_reads(
-                    pid,
-                    &vmas,
-                    &vma_id,
-                    &vaddr,
-                    &entries,
-                    &uidx,
-                    &flags,
-                    &mut contents,
-                )
-            })
-        },
-        || kpage.read_counts_unless_exclusive(&uniq, &flags, &exclusive),
-    );
-    let mut counts = counts?;
-    drop(exclusive);
-    if let Some((tasks, unreadable, unpinned)) = plan {
+    if opts.hash {
+        let (tasks, unreadable, unpinned) = plan_reads(
+            pid,
+            &vmas,
+            &vma_id,
+            &vaddr,
+            &entries,
+            &uidx,
+            &flags,
+            &mut contents,
+        );
         let zero_pages = contents.hashed.iter().filter(|&&h| h).count() as u64;
         let plan = ReadPlan::new(tasks, uniq.len())?;
         let source = ProcessPages::one(ProcessFiles::open(root, pid)?, &uniq, &unpinned);
@@ -194,17 +185,28 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         stats.vanished_pfns = read.vanished;
     }
     clock.lap("hash");
-    // Counted as if dedupx were not running, unless dedupx is what is scanned.
-    if pid != std::process::id() {
-        stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
-    }
     let swap = read_swapped(opts, &entries, progress)?;
     stats.swap_slots = swap.keys.len() as u64;
     stats.swap_hashed = swap.contents.hashed.iter().filter(|&&h| h).count() as u64;
     stats.swap_unread_reason = swap.unread_reason;
-    let mut flags = flags;
     let present_slots = uniq.len() as u32;
+    for &(i, j) in &swap.pages {
+        uidx[i as usize] = present_slots + j;
+    }
+    // Map counts do not change when a page is copied, so they are read now, while another
+    // thread turns the pagemap entries into the table's rows (6 ms of a 1 GiB scan).
+    let (counts, rows) = rayon::join(
+        || kpage.read_counts_unless_exclusive(&uniq, &flags, &exclusive),
+        || PageRows::from_entries(entries, &uidx, uniq.len(), &swap.keys),
+    );
+    let mut counts = counts?;
+    drop(exclusive);
+    // Counted as if dedupx were not running, unless dedupx is what is scanned.
+    if pid != std::process::id() {
+        stats.observer_pfns = OwnPages::read()?.correct(&uniq, &mut counts);
+    }
     drop(uniq);
+    let mut flags = flags;
     // Swap slots are frames after the present PFNs: a swapped page is private anon.
     flags.extend(std::iter::repeat_n(
         (1u64 << KPF_ANON) | (1u64 << KPF_SWAPBACKED),
@@ -213,24 +215,23 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
     counts.extend(&swap.refs);
     contents.hashes.extend(swap.contents.hashes);
     contents.hashed.extend(swap.contents.hashed);
-    for &(i, j) in &swap.pages {
-        uidx[i as usize] = present_slots + j;
-    }
     let frames = FrameColumns {
         flags,
         counts,
         contents,
-        swap_keys: swap.keys,
     };
-    // The re-check reads the kernel's page tables on all threads but one, which builds the
-    // table meanwhile (11 ms of a 1 GiB scan).
-    let (changes, pages) = rayon::join(
-        || recheck(root, pid, &pagemap, &vmas, (&vma_id, &vaddr, &entries)),
-        || assemble(&entries, uidx, frames),
+    // The re-check reads the kernel's page tables on every thread but one, which spreads
+    // the frames' columns over the pages meanwhile.
+    let (changes, values) = rayon::join(
+        || {
+            let first = |k: usize| rows.present_pfn(k);
+            let first_reading = (vma_id.as_slice(), vaddr.as_slice(), &first as FirstFrames);
+            recheck(root, pid, &pagemap, &vmas, first_reading, present_pages)
+        },
+        || FrameValues::spread(uidx, frames),
     );
     stats.changes = changes?;
-    drop(entries);
-    let pages = pages.addressed(vma_id, vaddr);
+    let pages = PageTable::new(vma_id, vaddr, rows, values);
     clock.lap("recheck");
     stats.stage_ms = clock.finish();
     Ok(ProcessScan {
@@ -242,17 +243,18 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
 }
 
 /// Reads the process's maps and pagemap again, once everything else is read, and says how
-/// much differs from the first reading (`first`): a scan of a process that changed meanwhile
-/// is flagged, not silently mixed from two moments.
+/// much differs from the first reading (each page's mapping, address and PFN; `present` of
+/// its pages had one): a scan of a process that changed meanwhile is flagged, not silently
+/// mixed from two moments.
 fn recheck(
     root: &Path,
     pid: u32,
     pagemap: &Pagemap,
     vmas: &[Vma],
-    first: (&[u32], &[u64], &[PagemapEntry]),
+    first_reading: (&[u32], &[u64], FirstFrames),
+    present: u64,
 ) -> Result<ReadChanges> {
-    let (vma_id, vaddr, entries) = first;
-    let present = entries.iter().filter(|e| e.present()).count() as u64;
+    let (vma_id, vaddr, first) = first_reading;
     let gone = |e: &ScanError| {
         matches!(
             e,
@@ -265,7 +267,7 @@ fn recheck(
         Err(e) => return Err(e),
     };
     let (vmas_appeared, vmas_vanished) = diff_vmas(vmas, &now);
-    let pages = match changed_pages(pagemap, vmas, vma_id, vaddr, entries) {
+    let pages = match changed_pages(pagemap, vmas, vma_id, vaddr, first) {
         Ok(n) => n,
         Err(e) if gone(&e) => return Ok(ReadChanges::gone(present, vmas.len())),
         Err(e) => return Err(e),
@@ -451,6 +453,8 @@ fn plan_reads(
     contents: &mut Contents,
 ) -> (Vec<ReadTask>, u64, BitVec) {
     let n = flags.len();
+    // Asked once per mapping, not once per page (it compares flag names).
+    let readable: Vec<bool> = vmas.iter().map(Vma::readable).collect();
     let mut planned = BitVec::zeros(n);
     let mut unpinned = BitVec::zeros(n);
     let mut tasks = Vec::with_capacity(n);
@@ -466,7 +470,7 @@ fn plan_reads(
                 contents.hashed[u] = true;
                 zero_pages += 1;
             }
-        } else if !planned.get(u) && vmas[vma_id[i] as usize].readable() {
+        } else if !planned.get(u) && readable[vma_id[i] as usize] {
             planned.replace(u, true);
             unpinned.replace(u, pin_would_unshare(flags[u], e.exclusive()));
             tasks.push(ReadTask {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, ScanError};
 use crate::maps::{parse_smaps, Vma};
-use crate::pagemap::{Pagemap, PagemapEntry};
+use crate::pagemap::Pagemap;
 use crate::process_scan::PIECE_PAGES;
 
 /// How much of a process changed between the first reading and the re-check after the last.
@@ -111,21 +111,20 @@ pub fn worth_rechecking(vma: &Vma, first_pages: u64) -> bool {
     first_pages > 0 || vma.pages() <= SPARSE_MAPPING_PAGES
 }
 
-/// What a page is for this comparison: its PFN, or no PFN (swapped out, or not there).
-fn frame(e: PagemapEntry) -> Option<u64> {
-    e.pfn()
-}
+/// The first reading's PFN of each of its pages (by row), None where it had none (swapped
+/// out): what a page is for this comparison.
+pub type FirstFrames<'a> = &'a (dyn Fn(usize) -> Option<u64> + Sync);
 
-/// Pages of `vmas` (the first reading) whose PFN differs now from `first` (the first
-/// reading's present or swapped pages: vma index, address and entry, in address order), or
-/// that are present now and were not then. Mappings are read again in pieces, in parallel
-/// on the current rayon pool.
+/// Pages of `vmas` (the first reading) whose PFN differs now from the first reading's (its
+/// present or swapped pages: vma index and address by row, in address order, and
+/// `first`'s PFN), or that are present now and were not then. Mappings are read again in
+/// pieces, in parallel on the current rayon pool.
 pub fn changed_pages(
     pagemap: &Pagemap,
     vmas: &[Vma],
     vma_id: &[u32],
     vaddr: &[u64],
-    first: &[PagemapEntry],
+    first: FirstFrames,
 ) -> Result<u64> {
     // The first reading's rows of each mapping.
     let mut rows = Vec::with_capacity(vmas.len());
@@ -144,7 +143,8 @@ pub fn changed_pages(
             if !vma.in_pagemap() || !worth_rechecking(vma, rows.len() as u64) {
                 return Ok(0);
             }
-            let (before, before_entries) = (&vaddr[rows.clone()], &first[rows]);
+            let before = &vaddr[rows.clone()];
+            let base = rows.start;
             let pieces = pagemap.pieces(vma.start, vma.end, PIECE_PAGES);
             // Each piece with the first reading's rows in it (pieces are sorted and disjoint).
             let rows: Vec<(u64, u64, usize, usize)> = pieces
@@ -158,14 +158,14 @@ pub fn changed_pages(
             let mut covered = 0usize;
             let mut outside = 0u64;
             for &(_, _, lo, hi) in &rows {
-                outside += count_frames(&before_entries[covered.min(lo)..lo]);
+                outside += count_frames(first, base + covered.min(lo)..base + lo);
                 covered = covered.max(hi);
             }
-            outside += count_frames(&before_entries[covered..]);
+            outside += count_frames(first, base + covered..base + before.len());
             let inside: u64 = rows
                 .par_iter()
                 .map(|&(a, b, lo, hi)| {
-                    compare_piece(pagemap, a, b, &before[lo..hi], &before_entries[lo..hi])
+                    compare_piece(pagemap, a, b, &before[lo..hi], first, base + lo)
                 })
                 .sum::<Result<u64>>()?;
             Ok(outside + inside)
@@ -174,37 +174,39 @@ pub fn changed_pages(
     Ok(per_vma.iter().sum())
 }
 
-/// First-reading entries that had a frame.
-fn count_frames(entries: &[PagemapEntry]) -> u64 {
-    entries.iter().filter(|e| frame(**e).is_some()).count() as u64
+/// First-reading rows that had a frame.
+fn count_frames(first: FirstFrames, rows: std::ops::Range<usize>) -> u64 {
+    rows.filter(|&k| first(k).is_some()).count() as u64
 }
 
-/// Changes within `[a, b)`, given the first reading's pages there.
+/// Changes within `[a, b)`, given the first reading's pages there: addresses `before`, from
+/// row `base` on.
 fn compare_piece(
     pagemap: &Pagemap,
     a: u64,
     b: u64,
     before: &[u64],
-    before_entries: &[PagemapEntry],
+    first: FirstFrames,
+    base: usize,
 ) -> Result<u64> {
     let mut changed = 0u64;
     let mut k = 0usize;
     pagemap.for_each_mapped(a, b, |va, now| {
         // Pages of the first reading before `va` are no longer mapped.
         while k < before.len() && before[k] < va {
-            changed += u64::from(frame(before_entries[k]).is_some());
+            changed += u64::from(first(base + k).is_some());
             k += 1;
         }
         if k < before.len() && before[k] == va {
-            if frame(before_entries[k]) != frame(now) {
+            if first(base + k) != now.pfn() {
                 changed += 1;
             }
             k += 1;
-        } else if frame(now).is_some() {
+        } else if now.pfn().is_some() {
             changed += 1;
         }
     })?;
-    Ok(changed + count_frames(&before_entries[k..]))
+    Ok(changed + count_frames(first, base + k..base + before.len()))
 }
 
 /// A process's present pages condensed to a count and an order-independent sum, for a host
@@ -244,6 +246,7 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pagemap::PagemapEntry;
 
     fn vma(start: u64, end: u64, perms: &str) -> Vma {
         let mut v = parse_smaps(
@@ -291,11 +294,11 @@ mod tests {
             })
             .expect("read");
         assert_eq!(vas.len(), PAGES);
-        let now = changed_pages(&pagemap, &one, &ids, &vas, &es).expect("recheck");
+        let now = changed_pages(&pagemap, &one, &ids, &vas, &|k| es[k].pfn()).expect("recheck");
         assert_eq!(now, 0);
         // Had the first reading seen another PFN at the first page, that page changed.
         es[0] = PagemapEntry((1u64 << 63) | (es[0].pfn().unwrap_or(0) ^ 1));
-        let now = changed_pages(&pagemap, &one, &ids, &vas, &es).expect("recheck");
+        let now = changed_pages(&pagemap, &one, &ids, &vas, &|k| es[k].pfn()).expect("recheck");
         assert_eq!(now, 1);
         std::hint::black_box(&mem);
     }
