@@ -35,6 +35,7 @@ import dedupx
 from dedupx.analysis.footprint import footprint
 from dedupx.analysis.page_counts import page_counts
 from dedupx.exceptions import DedupxError, ProcessGone, ProcessNotFound
+from dedupx.model.frames import Frames
 from dedupx.model.page_classes import is_mapped_file, is_private_anon, is_shmem, is_zero_page
 from dedupx.model.read_changes import changed_expr
 from helpers import small_proc_root
@@ -240,12 +241,28 @@ def api_scan_trial(pid: int, out: Outcomes) -> None:
         f"{p}{m}_bytes": 0 for p in ("", "anon_", "file_", "shmem_") for m in ("rss", "pss", "uss")
     }
     bad = inconsistencies(fp[0] if fp else empty, classes)
-    if not coverage_adds_up(s.to_frames().provenance.coverage):
+    frames = s.to_frames()
+    if not coverage_adds_up(frames.provenance.coverage):
         bad.append("coverage does not add up")
+    if outside := pages_outside_their_vma(frames):
+        bad.append(f"{outside} pages outside the mapping they are listed under")
     if bad:
         out.add("inconsistent", f"pid {pid}: {bad}")
     else:
         out.add("flagged" if s.changed_while_read["changed"] else "ok")
+
+
+def pages_outside_their_vma(f: Frames) -> int:
+    """Pages whose address is not within the mapping their row names: a scan that listed
+    its pages under one reading's mappings and described another's would show some."""
+    assert f.pages is not None and f.vmas is not None
+    return (
+        f.pages.join(f.vmas.select("pid", "vma_id", "start", "end"), on=["pid", "vma_id"])
+        .filter((pl.col("vaddr") < pl.col("start")) | (pl.col("vaddr") >= pl.col("end")))
+        .select(pl.len())
+        .collect()
+        .item()
+    )
 
 
 def snapshot_trial(workdir: Path, out: Outcomes, pids: list[int] | None = None) -> int:

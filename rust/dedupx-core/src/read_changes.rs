@@ -269,6 +269,11 @@ mod tests {
         ];
         assert_eq!(diff_vmas(&before, &after), (2, 1));
         assert_eq!(diff_vmas(&before, &before), (0, 0));
+        assert!(same_mappings(&before, &before));
+        assert!(!same_mappings(&before, &after[..2]));
+        // Same mappings in another order: their indices differ.
+        let swapped = [before[1].clone(), before[0].clone()];
+        assert!(!same_mappings(&before, &swapped));
     }
 
     #[test]
