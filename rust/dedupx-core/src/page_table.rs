@@ -94,7 +94,8 @@ impl PageRows {
             file_shared: BitVec::with_capacity(n),
             exclusive: BitVec::with_capacity(n),
         };
-        // Collected in place: an entry and a PFN are both a u64.
+        // An entry and a PFN are both a u64: the standard library collects this in place
+        // (an optimisation it makes, not one it promises; without it only the peak rises).
         let mut pfn: Vec<u64> = entries.into_iter().map(|e| e.0).collect();
         for (word, &u) in pfn.iter_mut().zip(uidx) {
             let e = PagemapEntry(*word);
@@ -195,10 +196,11 @@ mod tests {
     #[test]
     fn rows_and_values_follow_each_page_to_its_frame() {
         let present = |pfn: u64| PagemapEntry((1 << 63) | (1 << 56) | pfn);
+        let file = |pfn: u64| PagemapEntry((1 << 63) | (1 << 61) | pfn);
         let swapped = PagemapEntry(1 << 62);
-        // Pages: PFN 7, PFN 3, a swapped page in slot frame 2, PFN 7 again, a page the scan
-        // gave no frame. Frames: PFN 3, PFN 7, then one swap slot.
-        let entries = vec![present(7), present(3), swapped, present(7), swapped];
+        // Pages: PFN 7, PFN 3 (a file's, mapped elsewhere too), a swapped page in slot frame
+        // 2, PFN 7 again, a page the scan gave no frame. Frames: PFN 3, PFN 7, one swap slot.
+        let entries = vec![present(7), file(3), swapped, present(7), swapped];
         let uidx = vec![1, 0, 2, 1, NO_HASH];
         let rows = PageRows::from_entries(entries, &uidx, 2, &[0xabc]);
         assert_eq!(rows.pfn, vec![7, 3, 0xabc, 7, 0]);
@@ -206,7 +208,8 @@ mod tests {
         assert_eq!(bits(&rows.present), [true, true, false, true, false]);
         assert_eq!(bits(&rows.frame), [true, true, true, true, false]);
         assert_eq!(bits(&rows.swapped), [false, false, true, false, true]);
-        assert_eq!(bits(&rows.exclusive), [true, true, false, true, false]);
+        assert_eq!(bits(&rows.exclusive), [true, false, false, true, false]);
+        assert_eq!(bits(&rows.file_shared), [false, true, false, false, false]);
         assert_eq!(
             (0..5).map(|i| rows.present_pfn(i)).collect::<Vec<_>>(),
             [Some(7), Some(3), None, Some(7), None]

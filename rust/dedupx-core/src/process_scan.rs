@@ -73,8 +73,8 @@ pub struct ScanStats {
     /// What changed in the process between the first reading and the re-check after the last.
     pub changes: ReadChanges,
     pub threads: usize,
-    /// Wall-clock milliseconds per stage: pagemap (with smaps), kpageflags, plan, hash,
-    /// recheck (with map counts, and the table built meanwhile).
+    /// Wall-clock milliseconds per stage: pagemap (with maps and smaps), kpageflags, plan,
+    /// hash, recheck (with swapped pages, map counts, and the table built meanwhile).
     pub stage_ms: StageTimes,
 }
 
@@ -150,6 +150,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         ..ScanStats::default()
     };
     let mut contents = Contents::unread(flags.len());
+    // Of present frames only: made before swapped pages get their slots past them.
     let mut exclusive = BitVec::zeros(uniq.len());
     for (e, &u) in entries.iter().zip(&uidx) {
         if u != u32::MAX && e.exclusive() {
@@ -194,7 +195,7 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         uidx[i as usize] = present_slots + j;
     }
     // Map counts do not change when a page is copied, so they are read now, while another
-    // thread turns the pagemap entries into the table's rows (6 ms of a 1 GiB scan).
+    // thread turns the pagemap entries into the table's rows.
     let (counts, rows) = rayon::join(
         || kpage.read_counts_unless_exclusive(&uniq, &flags, &exclusive),
         || PageRows::from_entries(entries, &uidx, uniq.len(), &swap.keys),
@@ -220,8 +221,8 @@ fn scan_in_pool(pid: u32, opts: &ScanOptions, progress: Progress) -> Result<Proc
         counts,
         contents,
     };
-    // The re-check reads the kernel's page tables on every thread but one, which spreads
-    // the frames' columns over the pages meanwhile.
+    // The page tables are read again while another thread spreads the frames' columns
+    // over the pages.
     let (changes, values) = rayon::join(
         || {
             let first = |k: usize| rows.present_pfn(k);
