@@ -147,6 +147,9 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twins]
                         if "timer doesn't work" not in str(e):
                             raise
                         g.close()
+                        # The shm_file backend's file would give the failed boot's RAM to
+                        # the next one: stale pages of the same kernel its twin holds too.
+                        (shm / g.name).unlink(missing_ok=True)
                         g.start()
                     # Paused as soon as booted: an idle guest's memory drifts as it runs
                     # (timers, slab, page cache), and the twins must differ as little as
@@ -356,11 +359,13 @@ def test_twin_matrix_same_whichever_backend(twins: dict[str, Twins]) -> None:
             assert total["hugetlb"] == total["hugetlb_whole"] == 0, backend
         print(backend, {r: (m[r]["total"], m[r]["zero"], m[r]["hugetlb_whole"]) for r in m})
     # Each backend's twins against the median of all: two boots never hold quite the same
-    # pages, and a backend must not move the figures beyond that noise.
+    # pages, and a backend must not move the figures beyond that noise. Seen: 1.07% (the
+    # hugetlbfs twins' "vm" row, 7,084 to 7,157 pages over six runs) and 1.4% (the shm
+    # twins' "within" row); a backend counted wrong moves them by tens of percent.
     for row in ("within", "vm"):
         ref = statistics.median(rows[row] for rows in nonzero.values())
         for backend, rows in nonzero.items():
-            assert abs(rows[row] - ref) <= 0.01 * ref, (backend, row, rows[row], ref)
+            assert abs(rows[row] - ref) <= 0.02 * ref, (backend, row, rows[row], ref)
 
 
 def check_whole_huge_pages(t: Twins, total: dict[str, Any]) -> None:
