@@ -358,6 +358,20 @@ def test_twin_matrix_same_whichever_backend(twins: dict[str, Twins]) -> None:
         else:
             assert total["hugetlb"] == total["hugetlb_whole"] == 0, backend
         print(backend, {r: (m[r]["total"], m[r]["zero"], m[r]["hugetlb_whole"]) for r in m})
+        # Shown if the figures stray: where each twin's pages are, and whether it moved.
+        for s in t.scans:
+            f = s.to_frames()
+            assert f.pages is not None and f.vmas is not None
+            where = (
+                f.pages.filter(pl.col("present"))
+                .join(f.vmas.select("pid", "vma_id", "path", "start"), on=["pid", "vma_id"])
+                .group_by("path", "start")
+                .len()
+                .sort("len", descending=True)
+                .head(4)
+                .collect()
+            )
+            print("  pid", f"{s.processes()['pid'][0]}:", where.rows(), s.changed_while_read)
     # Each backend's twins against the median of all: two boots never hold quite the same
     # pages, and a backend must not move the figures beyond that noise. Seen: 1.07% (the
     # hugetlbfs twins' "vm" row, 7,084 to 7,157 pages over six runs) and 1.4% (the shm
