@@ -50,15 +50,21 @@ def test_devices_cost_what_removing_them_saves(tmp_path: Path) -> None:
     assets = guest_assets(variant="a")
     with ExitStack() as stack:
         stack.enter_context(sysfs(THP, "never"))  # before the guests allocate their RAM
-        whole = stack.enter_context(Guest(assets, mem_mib=256, name="whole", workdir=tmp_path))
-        without = {
-            device: stack.enter_context(
-                Guest(assets, mem_mib=256, name=f"no-{i}", workdir=tmp_path, extra_args=args)
+
+        # Each guest is paused as soon as it has booted, as test_backends' twins are: a guest
+        # left running while the others boot drifts. (Once in CI the guest without VGA had
+        # 4.05 MiB more PSS than the whole one, against VGA's 0.06 MiB; not reproduced.)
+        def booted(name: str, args: tuple[str, ...] = ()) -> Guest:
+            g = stack.enter_context(
+                Guest(assets, mem_mib=256, name=name, workdir=tmp_path, extra_args=args)
             )
-            for i, (device, args) in enumerate(WITHOUT.items())
-        }
-        for g in (whole, *without.values()):
             g.stop()
+            return g
+
+        whole = booted("whole")
+        without = {
+            device: booted(f"no-{i}", args) for i, (device, args) in enumerate(WITHOUT.items())
+        }
         snap = dedupx.open_snapshot(dedupx.snapshot(tmp_path / "snap"))
         devices = dedupx.device_costs(snap, whole.pid)
         print(devices)
